@@ -1,0 +1,385 @@
+"""`dpl`: the command line. Parses, dispatches, and turns user errors into one line and exit code 2.
+
+Heavy imports (torch, ray, mlflow) happen inside the commands, so `dpl --help` and bad-flag errors are
+instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_USER_ERROR = 2
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ networks
+
+
+def cmd_networks(args: argparse.Namespace) -> int:
+    from trainables import loss_networks as ln
+
+    if args.nodes:
+        ln.check_network(args.nodes)
+        nodes = ln.graph_nodes(args.nodes)
+        _print_json(list(nodes)) if args.json else print("\n".join(nodes))
+        return 0
+    if args.all:
+        names = ln.classification_models()
+        rows = [ln.network_metadata(n) for n in names]
+        if args.json:
+            _print_json(rows)
+        else:
+            print(_table([{**r, "top1": r["imagenet_top1"].get(ln.PAPER_WEIGHTS, "")} for r in rows],
+                         ["network", "family", "paper", "top1"]))
+        return 0
+    names = args.network or list(ln.REGISTRY)
+    rows = []
+    for name in names:
+        ln.check_network(name)
+        points = ln.resolve_points(name, args.layer or ["all"])
+        for point in points:
+            rows.append(ln.cached_point_metadata(name, point, args.size))
+    if args.json:
+        _print_json(rows)
+    else:
+        shown = [
+            {**r, "top1": r["imagenet_top1"].get(ln.PAPER_WEIGHTS, ""), "shape": "x".join(map(str, r["feature_shape"]))}
+            for r in rows
+        ]
+        print(_table(shown, ["network", "point", "position", "top1", "batch_norm", "relative_depth",
+                             "params_to_point", "gflops_to_point", "shape"]))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ distance
+
+
+def cmd_distance(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainables import loss_networks as ln
+    from trainables.distances import PerceptualDistance
+    from trainables.images import read_rgb
+
+    img0 = read_rgb(args.img0, args.size)
+    img1 = read_rgb(args.img1, args.size)
+    if img0.shape != img1.shape:
+        from trainables.errors import UserError
+
+        raise UserError(
+            f"images differ in size ({args.img0}: {tuple(img0.shape[1:])}, {args.img1}: {tuple(img1.shape[1:])}); "
+            f"pass --size S to resize both"
+        )
+    net = ln.build_loss_network(
+        args.network, args.layer or ["all"], weights=args.weights, normalisation=args.normalisation,
+        transform_input=args.transform_input, seed=args.seed,
+    )
+    if args.weights == "random":
+        print("note: random loss-network weights (--weights random): distances are not ImageNet-calibrated",
+              file=sys.stderr)
+    dist = PerceptualDistance(net, args.distance)
+    if args.lin:
+        if args.distance != "lpips":
+            from trainables.errors import UserError
+
+            raise UserError("--lin applies to --distance lpips only")
+        dist.load_lpips_lin(args.lin)
+    with torch.no_grad():
+        out = dist(img0[None], img1[None])
+    result = {k: float(v[0]) for k, v in out.items()}
+    if args.json:
+        _print_json({"network": args.network, "distance": args.distance, "weights": args.weights,
+                     "points": {k: v for k, v in result.items() if k != "total"}, "total": result["total"]})
+    else:
+        for k, v in result.items():
+            print(f"{k}\t{v:.6f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from trainables.data import dataset_module
+
+    module = dataset_module(args.name)
+    if args.action == "synth":
+        out = module.synthesize(Path(args.out), seed=args.seed, size=args.size)
+        print(f"wrote synthetic {args.name} data ({args.size}, seed {args.seed}) to {out}")
+    else:
+        out = module.download(Path(args.out))
+        print(f"{args.name} is ready in {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- trial
+
+
+def _trial_config(args: argparse.Namespace) -> Any:
+    from trainables.config import TrialConfig, parse_assignments
+
+    return TrialConfig(
+        task=args.task,
+        network=args.network,
+        points=tuple(args.layer or ()),
+        dataset=args.dataset or "",
+        variant=args.variant or _default_variant(args.task),
+        seed=args.seed,
+        weights=args.weights,
+        normalisation=args.normalisation,
+        mode=args.mode,
+        transform_input=args.transform_input,
+        budget=args.budget,
+        params=parse_assignments(args.set),
+        data_root=str(Path(args.data).resolve()) if args.data else "",
+        device=args.device,
+    )
+
+
+def _default_variant(task: str) -> str:
+    from trainables.tasks import task_module
+
+    return task_module(task).VARIANTS[0]
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from trainables.config import trial_key
+    from trainables.errors import UserError
+    from trainables.reporting import LocalReporter
+    from trainables.trial import prepare, run_trial
+
+    config = prepare(_trial_config(args))
+    if not config.data_root:
+        raise UserError(f"--data DIR is required (make synthetic data with `dpl data synth ...`)")
+    key = trial_key(config)
+    out = Path(args.out) if args.out else Path("runs") / f"{config.task}-{config.network}-{key}"
+    if config.weights == "random":
+        print("note: random loss-network weights (--weights random); results say nothing about ImageNet features",
+              file=sys.stderr)
+    print(f"trial {key} -> {out}", file=sys.stderr)
+    metrics = run_trial(config, LocalReporter(out, echo=not args.json))
+    result = {"trial_key": key, "task": config.task, "dataset": config.dataset, "network": config.network,
+              "point": config.point, "variant": config.variant, "weights": config.weights, "metrics": metrics}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    if args.json:
+        _print_json(result)
+    else:
+        for k, v in metrics.items():
+            print(f"{k}\t{v:.6g}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.kind == "superres":
+        from trainables.tasks.superres import evaluate_folders
+
+        result = evaluate_folders(Path(args.sr), Path(args.hr), args.scale, protocol=args.protocol)
+    else:
+        from trainables.tasks.delineation import evaluate_folders
+
+        result = evaluate_folders(Path(args.pred), Path(args.label), tolerance=args.tolerance, threshold=args.threshold)
+    if args.json:
+        _print_json(result)
+    else:
+        for k, v in result.items():
+            if not isinstance(v, (dict, list)):
+                print(f"{k}\t{v}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- study
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.driver import run_study
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec, preset=args.preset, overrides=args.set, storage=args.storage)
+    return run_study(
+        spec,
+        tracking_uri=args.tracking_uri,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        ray_address=args.address,
+    )
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from study.driver import run_study
+    from study.spec import load_saved_spec
+
+    spec = load_saved_spec(Path(args.study_dir))
+    return run_study(spec, tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent,
+                     ray_address=args.address)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from study.status import print_status
+
+    return print_status(Path(args.study_dir), tracking_uri=args.tracking_uri, as_json=args.json)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.report import analyze
+
+    tracking_uri = args.tracking_uri
+    if args.study_dir and not tracking_uri:
+        from study.tracking import default_tracking_uri
+
+        tracking_uri = default_tracking_uri(Path(args.study_dir))
+    out = analyze(tracking_uri, args.experiment, Path(args.out))
+    print(f"report written to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def _add_network_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--network", required=required, help="torchvision model name, e.g. vgg16 (`dpl networks --all`)")
+    p.add_argument("--layer", action="append", metavar="NODE",
+                   help="extraction point: FX node name (features.3, layer1), p1..p4 or all; repeatable")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (IMAGENET1K_V1, downloaded to TORCH_HOME), random (seeded), a weight-set name "
+                        "(IMAGENET1K_V2) or a state-dict file")
+    p.add_argument("--normalisation", choices=("imagenet", "none"), default="imagenet",
+                   help="input normalisation before the loss network (none = the reference's SR/AE behaviour)")
+    p.add_argument("--transform-input", dest="transform_input", choices=("auto", "on", "off"), default="auto",
+                   help="GoogLeNet/Inception input re-scaling: auto = as torchvision does for these weights; "
+                        "off = the reference implementation")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpl", description="Deep perceptual loss study (Pihlgren et al.)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("networks", help="the loss-network registry with metadata")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="every torchvision classification model")
+    p.add_argument("--nodes", metavar="NETWORK", help="list the valid extraction nodes of NETWORK")
+    p.add_argument("--network", action="append", help="only these networks (default: the paper's 14)")
+    p.add_argument("--layer", action="append", help="only these points (default: the paper's 4)")
+    p.add_argument("--size", type=int, default=224, help="input size for feature shapes and FLOPs")
+    p.set_defaults(func=cmd_networks)
+
+    p = sub.add_parser("distance", help="perceptual distance between two images")
+    p.add_argument("img0")
+    p.add_argument("img1")
+    _add_network_flags(p)
+    p.add_argument("--distance", choices=("lpips", "mse"), default="lpips")
+    p.add_argument("--lin", help="lin weights in the lpips package's format (e.g. lpips/weights/v0.1/vgg.pth)")
+    p.add_argument("--size", type=int, help="resize both images to SIZE x SIZE (default: no resizing)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_distance)
+
+    p = sub.add_parser("data", help="make synthetic data or download a dataset")
+    p.add_argument("action", choices=("synth", "fetch"))
+    p.add_argument("name", help="bapps, superres, roads, svhn or stl10")
+    p.add_argument("--out", required=True, help="dataset root to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=("smoke", "quick", "paper"), default="smoke", help="synthetic data size")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("trial", help="run one trial in-process and print its metrics")
+    p.add_argument("task", help="similarity, superres, delineation or autoencoder")
+    _add_network_flags(p)
+    p.add_argument("--data", help="dataset root")
+    p.add_argument("--dataset", help="dataset name when a task has several (autoencoder: svhn|stl10)")
+    p.add_argument("--variant", help="task variant (similarity: baseline|lin|tune|scratch)")
+    p.add_argument("--budget", choices=("smoke", "quick", "paper"), default="smoke")
+    p.add_argument("--mode", choices=("eval", "train"), default="eval", help="loss-network BatchNorm/Dropout mode")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a task setting; repeatable")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", help="trial directory (default runs/<task>-<network>-<key>); rerun to resume")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trial)
+
+    p = sub.add_parser("eval", help="score existing outputs against ground truth")
+    esub = p.add_subparsers(dest="kind", required=True)
+    e = esub.add_parser("superres", help="PSNR/SSIM on the Y channel of SR images vs HR images (paired by name)")
+    e.add_argument("--sr", required=True)
+    e.add_argument("--hr", required=True)
+    e.add_argument("--scale", type=int, required=True)
+    e.add_argument("--protocol", choices=("full", "center288"), default="full")
+    e.add_argument("--json", action="store_true")
+    e = esub.add_parser("roads", help="correctness/completeness/quality of road probability maps")
+    e.add_argument("--pred", required=True)
+    e.add_argument("--label", required=True)
+    e.add_argument("--tolerance", type=float, default=3.0, help="buffer in pixels (0 = pixel-exact)")
+    e.add_argument("--threshold", type=float, default=0.3)
+    e.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="run (or continue) a study on Ray Tune with MLflow tracking")
+    p.add_argument("spec", nargs="?", help="study YAML file")
+    p.add_argument("--preset", choices=("smoke", "quick", "paper"), help="a built-in study")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec key (dotted); repeatable")
+    p.add_argument("--storage", help="study directory (default studies/<name>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite store inside the study directory)")
+    p.add_argument("--gpus-per-trial", type=float, help="fraction of a GPU per trial (0.25 = 4 trials per GPU)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
+    p.add_argument("--max-concurrent", type=int, help="at most N trials at once")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue the study saved in a study directory")
+    p.add_argument("study_dir")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--address")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("status", help="coverage of a study: planned / finished / running / failed / pending")
+    p.add_argument("study_dir")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("analyze", help="tables, convention tests, figures and a report from MLflow")
+    p.add_argument("--experiment", required=True, help="MLflow experiment (= study name)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tracking-uri")
+    p.add_argument("--study-dir", help="use the study directory's embedded MLflow store")
+    p.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = build_parser().parse_args(argv)
+    from trainables.errors import UserError
+
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"dpl: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("dpl: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The driver: plan the study, skip what MLflow says is finished, run the rest as Ray Tune trials.
+
+Resume needs no Ray state: every launch builds a fresh Tuner over the trials that are not FINISHED in
+MLflow, and each trial reattaches to its run and checkpoint by key. So a relaunch after `kill -9` of the
+driver, a relaunch on a new Ray cluster, and a spec with newly added grid points all work the same way,
+which `Tuner.restore` (fixed trial list, lagging checkpoints, new trial ids) cannot offer.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from study import tracking
+from study.plan import PlannedTrial, ensure_synthetic_data, expand, save_plan
+from study.spec import StudySpec, save_spec
+from trainables.errors import UserError
+
+#: Quiet, private and offline-friendly defaults for every process of a study (driver and workers).
+STUDY_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "1",
+}
+
+
+@contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """One driver per study directory: a second `dpl run` on the same study would duplicate trials."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path = study_dir / "driver.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(f"another driver is running this study (pid {f.read().strip() or '?'}); "
+                            f"wait for it or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+
+
+def driver_alive(study_dir: Path) -> bool:
+    """Whether a driver holds the study's lock right now (used by `dpl status`)."""
+    path = Path(study_dir) / "driver.lock"
+    if not path.exists():
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def apply_cli_overrides(spec: StudySpec, gpus_per_trial: float | None, cpus_per_trial: float | None,
+                        max_concurrent: int | None) -> None:
+    from study.spec import validate
+
+    if gpus_per_trial is not None:
+        spec.raw["resources"]["gpu"] = gpus_per_trial
+    if cpus_per_trial is not None:
+        spec.raw["resources"]["cpu"] = cpus_per_trial
+    if max_concurrent is not None:
+        spec.raw["max_concurrent"] = max_concurrent
+    spec.raw.update(validate({k: v for k, v in spec.raw.items()}))
+
+
+def _init_ray(spec: StudySpec, address: str | None) -> bool:
+    """Connect to (or start) Ray; True when this process started it and must shut it down."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    passed = ("TORCH_HOME", "DPL_CACHE_DIR", "DPL_TASKS", "PYTHONPATH")
+    env = {**STUDY_ENV, **{k: v for k, v in os.environ.items() if k in passed}}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env},
+                              "log_to_driver": True, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+        return True
+    kwargs.update({k: v for k, v in spec.raw.get("ray", {}).items() if v is not None})
+    ray.init(**kwargs)
+    return True
+
+
+def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str, Any]) -> Any:
+    """One Tuner over `trials` (a grid over their configs); returns Tune's ResultGrid."""
+    from ray import tune
+
+    from study.trainable import run_config_trial
+
+    res = spec.raw["resources"]
+    trainable = tune.with_resources(run_config_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
+    storage = spec.study_dir / "ray"
+    storage.mkdir(parents=True, exist_ok=True)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.config.to_dict() for t in trials]), "study": study_info},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=spec.raw["max_concurrent"] or None,
+            reuse_actors=True,
+            trial_dirname_creator=lambda t: f"{t.config['trial']['task']}-{t.config['trial']['network']}-{t.trial_id}",
+            trial_name_creator=lambda t: f"{t.config['trial']['network']}:{'+'.join(t.config['trial']['points']) or 'pixel'}",
+        ),
+        run_config=tune.RunConfig(
+            name=f"launch-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=spec.raw["max_failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+    return tuner.fit()
+
+
+def close_orphans(c: Any, experiment_id: str, keys: set[str], results: Any) -> None:
+    """Runs left RUNNING after Tune gave up on a trial (worker died more than max_failures times)."""
+    errors = {}
+    for r in results or []:
+        key = None
+        trial_cfg = (r.config or {}).get("trial") if r.config else None
+        if trial_cfg:
+            from trainables.config import TrialConfig, trial_key
+
+            key = trial_key(TrialConfig.from_dict(trial_cfg))
+        if key and r.error is not None:
+            errors[key] = f"{type(r.error).__name__}: {str(r.error).splitlines()[0] if str(r.error) else ''}"
+    for key, run in tracking.runs_by_key(c, experiment_id).items():
+        if key in keys and run.info.status == tracking.RUNNING:
+            tracking.finish_run(c, run.info.run_id, tracking.FAILED,
+                                errors.get(key, "trial ended without reporting (worker died); rerun to resume"))
+
+
+def coverage(plan: list[PlannedTrial], runs: dict[str, Any]) -> dict[str, Any]:
+    counts = {"planned": len(plan), "finished": 0, "failed": 0, "running": 0, "pending": 0}
+    for t in plan:
+        run = runs.get(t.key)
+        status = run.info.status if run else None
+        if status == tracking.FINISHED:
+            counts["finished"] += 1
+        elif status in (tracking.FAILED, tracking.KILLED):
+            counts["failed"] += 1
+        elif status == tracking.RUNNING:
+            counts["running"] += 1
+        else:
+            counts["pending"] += 1
+    return counts
+
+
+def run_study(
+    spec: StudySpec,
+    tracking_uri: str | None = None,
+    gpus_per_trial: float | None = None,
+    cpus_per_trial: float | None = None,
+    max_concurrent: int | None = None,
+    ray_address: str | None = None,
+) -> int:
+    """Run every trial of `spec` that is not FINISHED yet. Exit code 0 when all are finished."""
+    for k, v in STUDY_ENV.items():
+        os.environ.setdefault(k, v)
+    apply_cli_overrides(spec, gpus_per_trial, cpus_per_trial, max_concurrent)
+    study_dir = spec.study_dir
+    with study_lock(study_dir):
+        tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
+        experiment_id = tracking.init_experiment(tracking_uri, spec.name, study_dir)
+        save_spec(spec)
+        made = ensure_synthetic_data(spec)
+        weights_note = " (random loss-network weights: nothing can be downloaded here)" if spec.raw["weights"] == "random" else ""
+        for root in made:
+            print(f"dpl: generated synthetic data in {root}", file=sys.stderr)
+        plan = expand(spec)
+        save_plan(spec, plan)
+        c = tracking.client(tracking_uri)
+        parent_id = tracking.parent_run(c, experiment_id, spec.name)
+        c.update_run(parent_id, status=tracking.RUNNING)
+        tracking.log_plan(c, parent_id, [t.summary() for t in plan])
+        runs = tracking.runs_by_key(c, experiment_id)
+        todo = [t for t in plan if not (t.key in runs and runs[t.key].info.status == tracking.FINISHED)]
+        print(f"dpl: study {spec.name!r} in {study_dir}: {len(plan)} trials planned, "
+              f"{len(plan) - len(todo)} already finished, {len(todo)} to run{weights_note}", file=sys.stderr)
+        print(f"dpl: MLflow store {tracking_uri} (experiment {spec.name!r}); inspect with "
+              f"`mlflow ui --backend-store-uri {tracking_uri}`", file=sys.stderr)
+        study_info = {
+            "name": spec.name, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
+            "parent_run_id": parent_id, "study_dir": str(study_dir), "git_commit": git_commit(),
+            "cpus_per_trial": spec.raw["resources"]["cpu"],
+        }
+        started_ray = False
+        try:
+            if todo or spec.raw["search"]["type"] == "optuna":
+                started_ray = _init_ray(spec, ray_address)
+                if spec.raw["search"]["type"] == "optuna":
+                    from study.search import run_optuna
+
+                    run_optuna(spec, study_info, c, experiment_id)
+                else:
+                    results = run_batch(spec, todo, study_info)
+                    close_orphans(c, experiment_id, {t.key for t in todo}, results)
+        finally:
+            runs = tracking.runs_by_key(c, experiment_id)
+            cov = coverage(plan, runs) if spec.raw["search"]["type"] == "grid" else _search_coverage(runs)
+            tracking.log_plan(c, parent_id, [t.summary() for t in plan], cov)
+            c.set_terminated(parent_id, status=tracking.FINISHED)
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        print(f"dpl: {cov}", file=sys.stderr)
+        if cov.get("failed"):
+            print(f"dpl: {cov['failed']} trial(s) failed; see `dpl status {study_dir}`", file=sys.stderr)
+            return 1
+        return 0
+
+
+def _search_coverage(runs: dict[str, Any]) -> dict[str, Any]:
+    statuses = [r.info.status for r in runs.values()]
+    return {"planned": len(statuses), "finished": statuses.count(tracking.FINISHED),
+            "failed": statuses.count(tracking.FAILED) + statuses.count(tracking.KILLED),
+            "running": statuses.count(tracking.RUNNING), "pending": 0}

@@ -1,0 +1,219 @@
+"""StudySpec: a study as a YAML file (or a built-in preset), validated with one-line errors.
+
+A spec names *what* to compare (tasks, networks, points, variants, seeds, weights) and *how much*
+(per-task budgets and settings) and *with what* (resources). `study.plan` expands it into trials. The
+resolved spec is saved in the study directory, so `dpl resume DIR` needs nothing else.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.config import BUDGETS, MODES, NORMALISATIONS, TRANSFORM_INPUT, ConfigError, parse_assignments
+
+PRESETS = ("smoke", "quick", "paper")
+SPEC_FILE = "study.yaml"
+
+#: Every top-level key, with what it holds (also the text of the "allowed keys" errors).
+TOP_KEYS = {
+    "name": "study name (= MLflow experiment)",
+    "tasks": "mapping task -> settings",
+    "networks": "list of torchvision names, or 'all' (the paper's 14)",
+    "points": "'all', a list of p1..p4 / node names, or a mapping network -> list",
+    "seeds": "list of integers",
+    "weights": "imagenet | random | weight-set name | state-dict path",
+    "normalisation": "imagenet | none",
+    "mode": "eval | train",
+    "transform_input": "auto | on | off",
+    "resources": "mapping cpu, gpu (per trial)",
+    "max_concurrent": "integer",
+    "max_failures": "integer (restarts of a trial whose worker died)",
+    "ray": "mapping of ray.init settings for a local cluster (num_cpus, num_gpus)",
+    "search": "mapping: type grid|optuna, num_samples, metric, space",
+    "storage": "study directory",
+}
+TASK_KEYS = {
+    "datasets": "list of dataset names (default: the task's first)",
+    "data": "dataset root, 'synthetic', or a mapping dataset -> root/'synthetic'",
+    "variants": "list of variant names",
+    "budget": "smoke | quick | paper",
+    "params": "mapping of task settings (see docs/tasks/<task>.md)",
+    "networks": "override the study's networks for this task",
+    "points": "override the study's points for this task",
+}
+SEARCH_KEYS = {"type": "grid | optuna", "num_samples": "integer", "metric": "metric name (default: the task's primary)",
+               "mode": "max | min (default: the metric's direction)", "space": "mapping name -> distribution",
+               "batch_size": "trials asked per round (default: max_concurrent)"}
+
+
+@dataclass
+class StudySpec:
+    """A validated spec; `raw` is the resolved mapping that is saved and hashed into nothing."""
+
+    name: str
+    raw: dict[str, Any]
+    storage: Path = field(default_factory=Path)
+
+    @property
+    def study_dir(self) -> Path:
+        return self.storage
+
+
+def _fail(key: str, problem: str, allowed: str) -> ConfigError:
+    return ConfigError(f"study spec: {key}: {problem}; allowed: {allowed}")
+
+
+def _check_keys(mapping: Any, allowed: dict[str, str], where: str) -> dict[str, Any]:
+    if not isinstance(mapping, dict):
+        raise _fail(where, f"expected a mapping, got {type(mapping).__name__}", ", ".join(allowed))
+    for k in mapping:
+        if k not in allowed:
+            raise _fail(f"{where}.{k}" if where else str(k), "unknown key", ", ".join(allowed))
+    return mapping
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], key: str, allowed: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise _fail(key, f"{value!r} has the wrong type", allowed)
+    return value
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check a spec mapping; returns it with defaults filled in. Errors name the key and what is allowed."""
+    from trainables.tasks import all_tasks
+
+    TASKS = all_tasks()
+    raw = copy.deepcopy(raw)
+    _check_keys(raw, TOP_KEYS, "")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise _fail("name", f"{name!r} is not a usable study name", "a non-empty string without '/'")
+    tasks = raw.get("tasks")
+    if not tasks:
+        raise _fail("tasks", "missing or empty", ", ".join(TASKS))
+    _check_keys(tasks, {t: "" for t in TASKS}, "tasks")
+    for task, settings in tasks.items():
+        settings = {} if settings is None else settings
+        tasks[task] = _check_keys(settings, TASK_KEYS, f"tasks.{task}")
+        budget = settings.setdefault("budget", "smoke")
+        if budget not in BUDGETS:
+            raise _fail(f"tasks.{task}.budget", f"{budget!r}", " | ".join(BUDGETS))
+        for key in ("datasets", "variants"):
+            if key in settings:
+                settings[key] = _as_list(settings[key], f"tasks.{task}.{key}")
+        _expect(settings.get("params", {}), dict, f"tasks.{task}.params", "a mapping of task settings")
+    raw["networks"] = raw.get("networks", "all")
+    if raw["networks"] != "all":
+        raw["networks"] = _as_list(raw["networks"], "networks")
+    raw.setdefault("points", "all")
+    seeds = _as_list(raw.setdefault("seeds", [0]), "seeds")
+    for s in seeds:
+        _expect(s, int, "seeds", "a list of integers")
+    raw["seeds"] = seeds
+    for key, allowed in (("normalisation", NORMALISATIONS), ("mode", MODES), ("transform_input", TRANSFORM_INPUT)):
+        value = raw.setdefault(key, allowed[0])
+        if value not in allowed:
+            raise _fail(key, repr(value), " | ".join(allowed))
+    _expect(raw.setdefault("weights", "imagenet"), str, "weights", TOP_KEYS["weights"])
+    res = _check_keys(raw.setdefault("resources", {}), {"cpu": "", "gpu": ""}, "resources")
+    cpu = _expect(res.setdefault("cpu", 1), (int, float), "resources.cpu", "a positive number")
+    gpu = _expect(res.setdefault("gpu", 0), (int, float), "resources.gpu", "a number in [0, 1] or a whole number")
+    if cpu <= 0:
+        raise _fail("resources.cpu", f"{cpu}", "a positive number")
+    if gpu < 0 or (gpu > 1 and gpu != int(gpu)):
+        raise _fail("resources.gpu", f"{gpu}", "a fraction in [0, 1] (0.25 = 4 trials per GPU) or whole GPUs")
+    mc = _expect(raw.setdefault("max_concurrent", 0), int, "max_concurrent", "an integer >= 0 (0 = no limit)")
+    if mc < 0:
+        raise _fail("max_concurrent", f"{mc}", "an integer >= 0 (0 = no limit)")
+    mf = _expect(raw.setdefault("max_failures", 2), int, "max_failures", "an integer >= 0")
+    if mf < 0:
+        raise _fail("max_failures", f"{mf}", "an integer >= 0")
+    _check_keys(raw.setdefault("ray", {}), {"num_cpus": "", "num_gpus": ""}, "ray")
+    search = _check_keys(raw.setdefault("search", {"type": "grid"}), SEARCH_KEYS, "search")
+    if search.setdefault("type", "grid") not in ("grid", "optuna"):
+        raise _fail("search.type", repr(search["type"]), "grid | optuna")
+    if search["type"] == "optuna":
+        n = _expect(search.setdefault("num_samples", 10), int, "search.num_samples", "a positive integer")
+        if n <= 0:
+            raise _fail("search.num_samples", f"{n}", "a positive integer")
+        _expect(search.setdefault("space", {}), dict, "search.space", "a mapping name -> distribution")
+    return raw
+
+
+def _as_list(value: Any, key: str) -> list[Any]:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise _fail(key, f"{value!r} is not a non-empty list", "a list (or a single value)")
+    return value
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part} is not a mapping in this spec")
+    node[parts[-1]] = value
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(importlib.resources.files("study") / "presets" / f"{name}.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"study spec {path} cannot be read ({exc.strerror}); check the path") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"study spec {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"study spec {path} must be a mapping of keys ({', '.join(TOP_KEYS)}), got {type(data).__name__}")
+    return data
+
+
+def load_spec(
+    path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    storage: str | Path | None = None,
+) -> StudySpec:
+    """A spec from a file or a preset, with `--set key=value` overrides (dotted keys reach into tasks)."""
+    if (path is None) == (preset is None):
+        raise ConfigError("give a study spec file or --preset smoke|quick|paper (exactly one)")
+    raw = read_yaml(preset_path(preset) if preset else Path(path))
+    for key, value in parse_assignments(overrides).items():
+        _set_dotted(raw, key, value)
+    raw = validate(raw)
+    directory = Path(storage or raw.get("storage") or Path("studies") / raw["name"]).resolve()
+    raw["storage"] = str(directory)
+    return StudySpec(name=raw["name"], raw=raw, storage=directory)
+
+
+def save_spec(spec: StudySpec) -> Path:
+    spec.storage.mkdir(parents=True, exist_ok=True)
+    path = spec.storage / SPEC_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(spec.raw, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def load_saved_spec(study_dir: Path) -> StudySpec:
+    path = Path(study_dir) / SPEC_FILE
+    if not path.is_file():
+        raise ConfigError(f"{study_dir} is not a study directory (no {SPEC_FILE}); start one with `dpl run`")
+    raw = validate(read_yaml(path))
+    raw["storage"] = str(Path(study_dir).resolve())
+    return StudySpec(name=raw["name"], raw=raw, storage=Path(study_dir).resolve())

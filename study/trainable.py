@@ -1,0 +1,127 @@
+"""The Ray Tune function trainable: one trial = `trainables.trial.run_trial` with a Tune + MLflow reporter.
+
+Checkpoints go to two places: Ray (so `FailureConfig` restarts a trial whose worker died) and the study's
+own `checkpoints/<trial key>/` directory, written before `tune.report` returns. A trial resumes from the
+latter, which is always the newest: Ray's experiment state can lag it by an epoch or two, and a fresh
+driver launch (new Tuner, new Ray trial ids) still finds it by key.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from study import tracking
+from trainables.config import TrialConfig, trial_key
+from trainables.reporting import CHECKPOINT_FILE
+
+
+class TuneMlflowReporter:
+    """Reporter for a trial under Ray Tune, logging to the trial's MLflow run."""
+
+    def __init__(self, client: Any, run_id: str, checkpoint_dir: Path) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.checkpoint_dir = checkpoint_dir
+        self.last: dict[str, float] = {}
+
+    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
+        from mlflow.entities import Metric
+        from ray import tune
+
+        now = int(time.time() * 1000)
+        values = {k: float(v) for k, v in metrics.items()}
+        batch = [Metric(k, v, now, epoch) for k, v in values.items()]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        self.last = values
+        ray_metrics = {"epoch": epoch, **{k.replace("/", "."): v for k, v in values.items()}}
+        if checkpoint_dir is None:
+            tune.report(ray_metrics)
+            return
+        _replace_dir(Path(checkpoint_dir), self.checkpoint_dir)
+        tune.report(ray_metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    def log_artifact(self, path: Path, subdir: str = "") -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=subdir or None)
+
+    def set_info(self, info: dict[str, Any]) -> None:
+        tracking.log_params_once(self.client, self.run_id, info)
+        for key in ("weights_random", "synthetic_data"):
+            if key in info:
+                self.client.set_tag(self.run_id, f"dpl.{key}", str(bool(info[key])).lower())
+
+    def resume_dir(self) -> Path | None:
+        if (self.checkpoint_dir / CHECKPOINT_FILE).is_file():
+            return self.checkpoint_dir
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        local = Path(tempfile.mkdtemp(prefix="dpl-resume-"))
+        return Path(ckpt.to_directory(str(local)))
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Copy `src` over `dest` so that `dest` is always a complete checkpoint (rename is atomic)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_config_trial(payload: dict[str, Any]) -> None:
+    """The Tune trainable. `payload` = {"trial": TrialConfig dict, "study": {...tracking settings}}.
+
+    A Python exception inside the task is recorded (run FAILED, `dpl.error` tag) and the trial ends
+    normally, so Ray does not retry a deterministic error; only a dead worker is restarted by Ray.
+    """
+    import torch
+    from ray import tune
+
+    from trainables.tasks import task_module
+    from trainables.trial import run_trial
+
+    study = payload["study"]
+    config = TrialConfig.from_dict(payload["trial"])
+    key = trial_key(config)
+    cpus = study.get("cpus_per_trial") or 1
+    torch.set_num_threads(max(1, int(cpus)))
+    c = tracking.client(study["tracking_uri"])
+    task = task_module(config.task)
+    tags = {
+        tracking.STUDY_TAG: study["name"],
+        "mlflow.parentRunId": study["parent_run_id"],
+        "dpl.primary_metric": task.PRIMARY_METRIC,
+        "dpl.directions": json.dumps(task.METRICS),
+        "dpl.weights_random": str(config.weights == "random").lower(),
+    }
+    run_name = f"{config.task}:{config.dataset}:{config.network}:{config.point or 'pixel'}:{config.variant}:s{config.seed}"
+    run_id = tracking.attach_trial_run(c, study["experiment_id"], key, run_name, tags)
+    params = {k: getattr(config, k) if k != "point" else config.point for k in tracking.CONFIG_PARAMS}
+    params.update({f"hp.{k}": v for k, v in config.params.items()})
+    params["git_commit"] = study.get("git_commit")
+    tracking.log_params_once(c, run_id, params)
+    reporter = TuneMlflowReporter(c, run_id, Path(study["study_dir"]) / "checkpoints" / key)
+    try:
+        final = run_trial(config, reporter)
+        if reporter.checkpoint_dir.is_dir():
+            c.log_artifacts(run_id, str(reporter.checkpoint_dir), artifact_path="checkpoint")
+    except Exception as exc:  # noqa: BLE001 - recorded, not retried (see docstring)
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        tracking.finish_run(c, run_id, tracking.FAILED, message)
+        traceback.print_exc()
+        tune.report({"dpl_failed": 1, "error": message[:500]})
+        return
+    tracking.finish_run(c, run_id, tracking.FINISHED)
+    tune.report({"dpl_done": 1, **{k.replace("/", "."): v for k, v in final.items()}})

@@ -1,0 +1,64 @@
+"""A tiny task for testing the study engine (plugged in with DPL_TASKS=toy=toy_task).
+
+It fits a per-channel colour gain under the feature-MSE loss of the configured loss network, so it runs
+the real loss-network path in about a second per epoch, and it can be told to fail or to kill its own
+worker once (fault injection).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from trainables.distances import feature_mse
+from trainables.loss_networks import build_from_config
+from trainables.reporting import load_checkpoint, staged_checkpoint
+
+DATASETS = ("noise",)
+VARIANTS = ("default",)
+METRICS = {"score": "max", "final_loss": "min"}
+PRIMARY_METRIC = "score"
+_BASE = {"epochs": 2, "sleep_s": 0.0, "fail": False, "kill_at_epoch": 0, "lr": 0.1}
+BUDGETS = {"smoke": dict(_BASE), "quick": dict(_BASE), "paper": dict(_BASE, epochs=5)}
+NETWORKLESS_OK = ("none",)
+
+
+def input_size(config) -> int:
+    return 32
+
+
+def run(config, reporter):
+    p = config.params
+    if p["fail"]:
+        raise ValueError("toy task asked to fail (fail=true)")
+    g = torch.Generator().manual_seed(config.seed)
+    target = torch.rand(4, 3, 32, 32, generator=g)
+    gain = torch.zeros(1, 3, 1, 1, requires_grad=True)
+    opt = torch.optim.SGD([gain], lr=p["lr"])
+    net = build_from_config(config) if config.points else None
+    start = 1
+    state = load_checkpoint(reporter.resume_dir())
+    if state is not None:
+        gain.data.copy_(state["gain"])
+        start = state["epoch"] + 1
+    loss = torch.tensor(0.0)
+    for epoch in range(start, p["epochs"] + 1):
+        out = target * torch.exp(gain)
+        loss = feature_mse(net, out, target * 0.5) if net is not None else ((out - target * 0.5) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        time.sleep(p["sleep_s"])
+        marker = Path(config.data_root) / f"killed-{os.environ.get('DPL_TOY_TAG', '')}{config.seed}-{config.point}"
+        if p["kill_at_epoch"] == epoch and config.data_root and not marker.exists():
+            marker.write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)
+        metrics = {"train/loss": float(loss)}
+        if epoch == p["epochs"]:
+            metrics.update(score=-float(loss), final_loss=float(loss))
+        with staged_checkpoint({"gain": gain.detach().clone(), "epoch": epoch}) as d:
+            reporter.report(epoch, metrics, checkpoint_dir=d)
+    return {"score": -float(loss), "final_loss": float(loss)}

@@ -1,0 +1,150 @@
+"""TrialConfig: the one serialisable description of a trial, and its key.
+
+Every task, the in-process `dpl trial` command and the Ray Tune driver exchange exactly this object, so
+that the same settings always hash to the same trial key, whichever way a trial was launched. The key is
+what the study uses to find a trial's MLflow run again after a crash or a relaunch (Ray's trial ids
+change on restore and cannot serve).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainables.errors import UserError
+
+#: Bumped when the meaning of a setting changes, so that old runs are not mistaken for new ones.
+KEY_VERSION = 1
+
+BUDGETS = ("smoke", "quick", "paper")
+WEIGHT_KINDS = ("imagenet", "random")  # or an enum member name (IMAGENET1K_V2) or a path to a state dict
+NORMALISATIONS = ("imagenet", "none")
+MODES = ("eval", "train")
+TRANSFORM_INPUT = ("auto", "on", "off")
+#: Written by every dataset's `synthesize()` at the dataset root.
+SYNTHETIC_MARKER = "DPL_SYNTHETIC.json"
+
+
+def is_synthetic(data_root: str) -> bool:
+    """Data made by `dpl data synth` carries a marker file at its root (so keys and reports can tell)."""
+    return bool(data_root) and (Path(data_root) / SYNTHETIC_MARKER).is_file()
+
+
+class ConfigError(UserError, ValueError):
+    """A setting is invalid; the message says which one and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """What one trial does. Everything that changes a result is in here (and so in the key).
+
+    `data_root` and `device` say *where* the trial runs, not *what* it computes, so they are left out of
+    the key (a study moved to another machine or cluster keeps its keys); whether the data is synthetic
+    is kept, so switching a study from synthetic to real data never reuses a synthetic result.
+    """
+
+    task: str
+    network: str
+    points: tuple[str, ...]
+    dataset: str = ""
+    variant: str = "baseline"
+    seed: int = 0
+    weights: str = "imagenet"
+    normalisation: str = "imagenet"
+    mode: str = "eval"
+    transform_input: str = "auto"
+    budget: str = "smoke"
+    params: dict[str, Any] = field(default_factory=dict)
+    data_root: str = ""
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "points", tuple(self.points))
+        if self.budget not in BUDGETS:
+            raise ConfigError(f"budget: {self.budget!r} is not one of {', '.join(BUDGETS)}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ConfigError(f"normalisation: {self.normalisation!r} is not one of {', '.join(NORMALISATIONS)}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.transform_input not in TRANSFORM_INPUT:
+            raise ConfigError(f"transform_input: {self.transform_input!r} is not one of {', '.join(TRANSFORM_INPUT)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed: {self.seed!r} must be an integer")
+
+    @property
+    def point(self) -> str:
+        """The extraction point, joined with '+' when a trial fuses several."""
+        return "+".join(self.points)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define the result (everything but location)."""
+        d = dataclasses.asdict(self)
+        d["data"] = "synthetic" if is_synthetic(d.pop("data_root")) else "real"
+        d.pop("device")
+        d["points"] = list(self.points)
+        d["key_version"] = KEY_VERSION
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["points"] = list(self.points)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown trial setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def trial_key(config: TrialConfig) -> str:
+    """Stable 16-hex-digit hash of the resolved settings (sorted-key JSON, so dict order never matters)."""
+    blob = json.dumps(config.identity(), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def parse_value(text: str) -> Any:
+    """`--set key=value` values: JSON when it parses (numbers, lists, booleans), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_assignments(items: list[str] | None) -> dict[str, Any]:
+    """['lr=1e-3', 'epochs=2'] -> {'lr': 0.001, 'epochs': 2}; dotted keys stay dotted for the caller."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set epochs=2")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def resolve_params(defaults: dict[str, dict[str, Any]], budget: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A task's hyper-parameters: its budget preset, then the user's overrides, refusing unknown names.
+
+    Unknown names are refused rather than ignored, since a typo (`--set epoch=3`) would otherwise run a
+    whole trial with the wrong budget without anyone noticing.
+    """
+    base = dict(defaults[budget])
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:
+        raise ConfigError(
+            f"unknown task setting(s) {', '.join(unknown)}; this task takes: {', '.join(sorted(base))}"
+        )
+    for k, v in overrides.items():
+        expected = type(base[k])
+        if base[k] is not None and not isinstance(v, expected) and not (expected is float and isinstance(v, int)):
+            raise ConfigError(f"{k}: {v!r} should be of type {expected.__name__} (default {base[k]!r})")
+        base[k] = float(v) if expected is float and isinstance(v, int) and not isinstance(v, bool) else v
+    return base

@@ -1,0 +1,43 @@
+"""The four benchmarks. Each task module exposes the same small interface:
+
+- `DATASETS`: tuple of dataset names it accepts (first = default)
+- `VARIANTS`: tuple of variant names (first = default)
+- `METRICS`: {final metric name: "max" | "min"}; `PRIMARY_METRIC`: the one used to rank loss networks
+- `BUDGETS`: {"smoke"|"quick"|"paper": {hyper-parameter: default}} (the keys `--set` may override)
+- `input_size(config) -> int`: the loss network's input size (for the feature-shape metadata)
+- `run(config, reporter) -> dict[str, float]`: the trial itself; `config.params` is already resolved
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from trainables.errors import UserError
+
+TASKS = {
+    "similarity": "trainables.tasks.similarity",
+    "superres": "trainables.tasks.superres",
+    "delineation": "trainables.tasks.delineation",
+    "autoencoder": "trainables.tasks.autoencoder",
+}
+
+
+#: Extra tasks of the user's own, as "name=package.module,name2=...": the same interface makes any
+#: image-synthesis task a study task (e.g. for an Optuna search of its best loss network).
+PLUGIN_ENV = "DPL_TASKS"
+
+
+def all_tasks() -> dict[str, str]:
+    extra = dict(item.split("=", 1) for item in os.environ.get(PLUGIN_ENV, "").split(",") if "=" in item)
+    return {**TASKS, **extra}
+
+
+def task_module(name: str) -> ModuleType:
+    tasks = all_tasks()
+    if name not in tasks:
+        raise UserError(f"unknown task {name!r}: use one of {', '.join(tasks)}")
+    try:
+        return importlib.import_module(tasks[name])
+    except ModuleNotFoundError as exc:
+        raise UserError(f"task {name!r}: cannot import {tasks[name]} ({exc}); check {PLUGIN_ENV}/PYTHONPATH") from exc
