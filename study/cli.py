@@ -246,7 +246,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from study.tracking import default_tracking_uri
 
         tracking_uri = default_tracking_uri(Path(args.study_dir))
-    out = analyze(tracking_uri, args.experiment, Path(args.out))
+    from trainables.errors import UserError
+
+    try:
+        out = analyze(tracking_uri, args.experiment, Path(args.out))
+    except LookupError as exc:  # unknown experiment: the message lists the available ones
+        raise UserError(str(exc).strip("'\"")) from exc
     print(f"report written to {out}")
     return 0
 

@@ -29,7 +29,8 @@ class PlannedTrial:
     def summary(self) -> dict[str, Any]:
         c = self.config
         return {"trial_key": self.key, "task": c.task, "dataset": c.dataset, "network": c.network,
-                "point": c.point, "variant": c.variant, "seed": c.seed}
+                "point": c.point, "variant": c.variant, "seed": c.seed, "weights": c.weights, "mode": c.mode,
+                "normalisation": c.normalisation, "transform_input": c.transform_input}
 
 
 def _networks(spec_value: Any) -> list[str]:

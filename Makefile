@@ -1,0 +1,28 @@
+# Two commands (README): `make demo` sets up and runs the smoke study; `make test` sets up and runs the tests.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.dpl-installed
+
+.PHONY: demo test setup clean-studies
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision first and pinned: the newest pair this project's machines can install (see README)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 $(BIN)/dpl run --preset smoke
+	$(BIN)/dpl status studies/smoke
+	$(BIN)/dpl analyze --study-dir studies/smoke --experiment smoke --out studies/smoke/report
+
+test: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15
+
+clean-studies:
+	rm -rf studies runs

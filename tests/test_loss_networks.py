@@ -1,0 +1,153 @@
+"""The registry and extractor against torchvision itself (random weights, nothing downloaded)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from trainables import loss_networks as ln
+
+# The reference implementation runs these children of these containers in order (reference_impl.md 1.1).
+CONTAINER = {"alexnet": "features", "vgg11": "features", "vgg16": "features", "vgg16_bn": "features",
+             "vgg19": "features", "densenet121": "features", "squeezenet1_1": "features",
+             "efficientnet_b0": "features", "efficientnet_b7": "features"}
+
+
+def sequential_children(model: torch.nn.Module, name: str, indices: tuple[int, ...], x: torch.Tensor) -> list[torch.Tensor]:
+    """The paper's extraction: run the ordered children and keep the outputs at `indices`."""
+    container = getattr(model, CONTAINER[name]) if name in CONTAINER else model
+    children = list(container.children())
+    outs = []
+    for i, child in enumerate(children[: max(indices) + 1]):
+        x = child(x)
+        if i in indices:
+            outs.append(x)
+    return outs
+
+
+def test_registry_is_the_papers_table() -> None:
+    assert len(ln.REGISTRY) == 14
+    assert sum(len(e.points) for e in ln.REGISTRY.values()) == 56
+    top1 = {n: ln.imagenet_top1(n)[ln.PAPER_WEIGHTS] for n in ln.REGISTRY}
+    assert top1["alexnet"] == pytest.approx(56.522)
+    assert top1["efficientnet_b7"] == pytest.approx(84.122)
+    assert ln.imagenet_top1("resnet50")["IMAGENET1K_V2"] == pytest.approx(80.858)
+
+
+@pytest.mark.parametrize("name", [n for n in ln.REGISTRY if n not in ln.TRANSFORM_INPUT_NETWORKS])
+def test_points_equal_torchvision_children_in_sequence(name: str) -> None:
+    entry = ln.REGISTRY[name]
+    x = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(1))
+    net = ln.build_loss_network(name, "all", weights="random", normalisation="none", seed=3)
+    reference = ln.build_classifier(name, "random", seed=3).eval()
+    with torch.no_grad():
+        ours = net(x)
+        theirs = sequential_children(reference, name, entry.reference_indices, x)
+    for point, expected in zip(entry.points, theirs):
+        torch.testing.assert_close(ours[point], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ln.TRANSFORM_INPUT_NETWORKS)
+def test_transform_input_difference_is_explicit(name: str) -> None:
+    """The reference skips GoogLeNet/Inception's input re-scaling: `off` reproduces it, `on` does not."""
+    entry = ln.REGISTRY[name]
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    reference = ln.build_classifier(name, "random", seed=5).eval()
+    with torch.no_grad():
+        theirs = sequential_children(reference, name, entry.reference_indices, x)
+        off = ln.build_loss_network(name, "all", "random", "none", transform_input="off", seed=5)(x)
+        on = ln.build_loss_network(name, "all", "random", "none", transform_input="on", seed=5)(x)
+    for point, expected in zip(entry.points, theirs):
+        torch.testing.assert_close(off[point], expected, rtol=1e-5, atol=1e-5)
+        # random-init activations are tiny here, so compare relative to their scale
+        assert (on[point] - expected).abs().max() > 1e-2 * expected.abs().max()
+    assert ln.uses_transform_input(name, "imagenet", "auto") is True  # what torchvision does with its weights
+    assert ln.uses_transform_input(name, "random", "auto") is False
+
+
+def test_any_torchvision_model_and_module_prefix() -> None:
+    net = ln.build_loss_network("resnet34", ["layer3", "layer1.0.relu"], weights="random")
+    out = net(torch.rand(1, 3, 64, 64))
+    assert out["layer3"].shape == (1, 256, 4, 4)
+    assert out["layer1.0.relu"].shape[1] == 64
+
+
+def test_graph_is_pruned_after_deepest_point() -> None:
+    net = ln.build_loss_network("vgg16", ["features.3"], weights="random")
+    modules = dict(net.body.named_modules())
+    assert "features.3" in modules and "features.4" not in modules and "classifier.0" not in modules
+
+
+def test_frozen_and_eval_mode_survives_parent_train() -> None:
+    net = ln.build_loss_network("resnet18", ["layer1"], weights="random")
+    parent = torch.nn.Sequential(net)
+    parent.train()
+    assert not any(p.requires_grad for p in net.parameters())
+    assert not any(m.training for m in net.body.modules())
+    train_net = ln.build_loss_network("resnet18", ["layer1"], weights="random", mode="train")
+    torch.nn.Sequential(train_net).train()
+    assert any(m.training for m in train_net.body.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_random_weights_are_seeded() -> None:
+    a = ln.build_loss_network("resnet18", ["relu"], weights="random", seed=7)
+    b = ln.build_loss_network("resnet18", ["relu"], weights="random", seed=7)
+    c = ln.build_loss_network("resnet18", ["relu"], weights="random", seed=8)
+    wa, wb, wc = (next(n.parameters()) for n in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_imagenet_normalisation() -> None:
+    net = ln.build_loss_network("alexnet", ["features.1"], weights="random")
+    raw = ln.build_loss_network("alexnet", ["features.1"], weights="random", normalisation="none")
+    x = torch.rand(1, 3, 64, 64)
+    mean = torch.tensor(ln.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(ln.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(net(x)["features.1"], raw((x - mean) / std)["features.1"])
+
+
+def test_state_dict_file_loads_and_wrong_architecture_is_refused(tmp_path) -> None:
+    model = torchvision.models.alexnet(weights=None)
+    torch.save(model.state_dict(), tmp_path / "alex.pth")
+    net = ln.build_loss_network("alexnet", ["features.1"], weights=str(tmp_path / "alex.pth"))
+    torch.testing.assert_close(net.body.get_submodule("features.0").weight, model.features[0].weight)
+    with pytest.raises(ln.LossNetworkError, match="do not fit vgg11"):
+        ln.build_loss_network("vgg11", ["features.1"], weights=str(tmp_path / "alex.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ln.LossNetworkError, match="not a loadable state dict"):
+        ln.build_loss_network("alexnet", ["features.1"], weights=str(tmp_path / "junk.pth"))
+
+
+def test_offline_imagenet_weights_error_names_torch_home_and_random(monkeypatch) -> None:
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ln.LossNetworkError) as info:
+        ln.build_loss_network("squeezenet1_1", ["features.1"], weights="imagenet")
+    message = str(info.value)
+    assert "TORCH_HOME" in message and "--weights random" in message and "\n" not in message
+
+
+def test_bad_names_list_close_matches() -> None:
+    with pytest.raises(ln.LossNetworkError, match="resnet50"):
+        ln.check_network("resnet5O")
+    with pytest.raises(ln.LossNetworkError, match="layer4"):
+        ln.check_points("resnet18", ("layer5",))
+    with pytest.raises(ln.LossNetworkError, match="IMAGENET1K_V1"):
+        ln.weights_enum_name("alexnet", "IMAGENET1K_V9")
+
+
+def test_point_metadata() -> None:
+    meta = ln.point_metadata("vgg16", "features.29", 64)
+    assert meta["feature_shape"] == [512, 4, 4]
+    assert meta["position"] == 4 and meta["batch_norm"] is False
+    # params up to relu5_3: all 13 conv layers of VGG16 (14.71M), none of the classifier
+    assert meta["params_to_point"] == 14_714_688
+    early = ln.point_metadata("vgg16", "features.3", 64)
+    assert early["gflops_to_point"] < meta["gflops_to_point"] and early["relative_depth"] < meta["relative_depth"]
+    assert ln.point_metadata("vgg16_bn", "features.5", 64)["batch_norm"] is True
+    with pytest.raises(ln.LossNetworkError, match="75"):
+        ln.point_metadata("inception_v3", "Mixed_6e", 32)

@@ -1,0 +1,245 @@
+"""The study engine end to end: Ray Tune trials, MLflow runs keyed by trial key, exactly-once resume.
+
+Uses the toy task in tests/plugins (plugged in through DPL_TASKS, as a user's own task would be), so
+each trial runs the real loss-network path in about a second.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study import tracking
+from study.spec import load_spec, validate
+from trainables.config import ConfigError
+
+PLUGINS = str(Path(__file__).parent / "plugins")
+
+
+@pytest.fixture(autouse=True)
+def toy_task(monkeypatch):
+    monkeypatch.setenv("DPL_TASKS", "toy=toy_task")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(PLUGINS)
+
+
+def write_spec(tmp_path: Path, name: str = "toy", **overrides) -> Path:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    spec = {
+        "name": name,
+        "weights": "random",
+        "networks": ["squeezenet1_1"],
+        "points": ["p1", "p2"],
+        "seeds": [0, 1],
+        "tasks": {"toy": {"data": str(data_dir), "params": {"epochs": 3}}},
+        "resources": {"cpu": 1},
+        "max_concurrent": 2,
+        "ray": {"num_cpus": 2},
+    }
+    spec.update(overrides)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def trial_runs(study_dir: Path, experiment: str = "toy") -> list[tuple[str, str, str]]:
+    """(trial key, status, run id) of every trial run, straight from the SQLite store."""
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    exp = c.get_experiment_by_name(experiment)
+    runs = tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'trial'")
+    return [(r.data.tags[tracking.KEY_TAG], r.info.status, r.info.run_id) for r in runs]
+
+
+def dpl(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy())
+
+
+def assert_exactly_once(study_dir: Path, planned: int) -> None:
+    runs = trial_runs(study_dir)
+    keys = [k for k, _, _ in runs]
+    assert len(keys) == len(set(keys)) == planned, runs
+    assert {s for _, s, _ in runs} == {"FINISHED"}, runs
+
+
+# ----------------------------------------------------------------------------------------- spec
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"name": "x", "tasks": {"toy": {}}, "colour": 1}, "colour: unknown key"),
+        ({"name": "x", "tasks": {"tyo": {}}}, "tasks.tyo: unknown key; allowed: similarity"),
+        ({"name": "x", "tasks": {"toy": {"budget": "huge"}}}, "tasks.toy.budget"),
+        ({"name": "x", "tasks": {"toy": {}}, "resources": {"gpu": 1.5}}, "resources.gpu"),
+        ({"name": "x", "tasks": {"toy": {}}, "resources": {"cpu": -1}}, "resources.cpu"),
+        ({"name": "x", "tasks": {"toy": {}}, "seeds": ["a"]}, "seeds"),
+        ({"name": "x", "tasks": {"toy": {}}, "mode": "training"}, "mode"),
+        ({"tasks": {"toy": {}}}, "name"),
+        ({"name": "x", "tasks": {}}, "tasks"),
+        ({"name": "x", "tasks": {"toy": {}}, "search": {"type": "random"}}, "search.type"),
+    ],
+)
+def test_malformed_spec_names_the_key(raw, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(raw)
+    assert "\n" not in str(info.value) and "allowed" in str(info.value)
+
+
+def test_bad_yaml_and_task_settings(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntasks: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_spec(bad)
+    from study.plan import expand
+
+    spec = load_spec(write_spec(tmp_path, tasks={"toy": {"data": str(tmp_path), "params": {"epoch": 3}}}))
+    with pytest.raises(ConfigError, match="unknown task setting.*epoch"):
+        expand(spec)
+    spec = load_spec(write_spec(tmp_path, networks=["resnet5"]))
+    with pytest.raises(Exception, match="did you mean resnet50"):
+        expand(spec)
+
+
+def test_plan_expands_grid_with_stable_keys(tmp_path) -> None:
+    from study.plan import expand
+
+    spec = load_spec(write_spec(tmp_path), storage=tmp_path / "s1")
+    plan = expand(spec)
+    assert len(plan) == 4 and len({t.key for t in plan}) == 4
+    again = expand(load_spec(write_spec(tmp_path), storage=tmp_path / "s2"))  # another place, same keys
+    assert [t.key for t in plan] == [t.key for t in again]
+    assert {t.config.point for t in plan} == {"features.1", "features.3"}
+
+
+# ---------------------------------------------------------------------------------- run & resume
+
+
+@pytest.mark.slow
+def test_run_then_relaunch_with_new_points_never_duplicates(tmp_path) -> None:
+    study_dir = tmp_path / "study"
+    result = dpl("run", str(write_spec(tmp_path)), "--storage", str(study_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "random loss-network weights" in result.stderr
+    assert_exactly_once(study_dir, 4)
+    first = {k: rid for k, _, rid in trial_runs(study_dir)}
+
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    run = c.get_run(next(iter(first.values())))
+    for name in ("task", "dataset", "network", "point", "variant", "seed", "weights"):
+        assert name in run.data.params
+    assert run.data.tags["dpl.weights_random"] == "true"
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+
+    # relaunch with one more point: only the 2 new trials run, the 4 finished runs are untouched
+    result = dpl("run", str(write_spec(tmp_path, points=["p1", "p2", "p3"])), "--storage", str(study_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 already finished" not in result.stderr and "4 already finished, 2 to run" in result.stderr
+    assert_exactly_once(study_dir, 6)
+    after = {k: rid for k, _, rid in trial_runs(study_dir)}
+    assert all(after[k] == rid for k, rid in first.items())
+
+    status = dpl("status", str(study_dir), "--json")
+    st = json.loads(status.stdout)
+    assert st["total"]["finished"] == 6 and st["total"]["pending"] == 0
+
+
+@pytest.mark.slow
+def test_failing_trial_is_recorded_and_study_goes_on(tmp_path) -> None:
+    bad = write_spec(tmp_path, name="toy", seeds=[0, 1], points=["p1"],
+                     tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 2, "fail": True}}})
+    study_dir = tmp_path / "study"
+    result = dpl("run", str(bad), "--storage", str(study_dir))
+    assert result.returncode == 1 and "2 trial(s) failed" in result.stderr
+    runs = trial_runs(study_dir)
+    assert len(runs) == 2 and {s for _, s, _ in runs} == {"FAILED"}
+    status = dpl("status", str(study_dir))
+    assert "FAILED toy squeezenet1_1:features.1" in status.stdout and "asked to fail" in status.stdout
+
+
+@pytest.mark.slow
+def test_sigkill_driver_mid_study_then_resume_is_exactly_once(tmp_path) -> None:
+    spec = write_spec(tmp_path, seeds=[0, 1, 2], points=["p1", "p2"], max_concurrent=1,
+                      tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 3, "sleep_s": 1.0}}})
+    study_dir = tmp_path / "study"
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(study_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=os.environ.copy())
+    db = study_dir / "mlflow.db"
+    deadline = time.time() + 300
+    finished = 0
+    while time.time() < deadline and finished < 2:
+        time.sleep(1)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    finished = con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                                           "where t.key = 'dpl.kind' and t.value = 'trial' "
+                                           "and r.status = 'FINISHED'").fetchone()[0]
+            except sqlite3.Error:
+                pass
+    assert finished >= 2, "the study never got going"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+
+    status = json.loads(dpl("status", str(study_dir), "--json").stdout)
+    assert status["driver_running"] is False and status["total"]["finished"] < 6
+
+    result = dpl("run", str(spec), "--storage", str(study_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_exactly_once(study_dir, 6)
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint_in_same_run(tmp_path) -> None:
+    spec = write_spec(tmp_path, seeds=[0], points=["p1"],
+                      tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 4, "kill_at_epoch": 3}}})
+    study_dir = tmp_path / "study"
+    result = dpl("run", str(spec), "--storage", str(study_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "data").glob("killed-*")), "the worker was never killed"
+    assert_exactly_once(study_dir, 1)
+    (key, _, run_id), = trial_runs(study_dir)
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    steps = [m.step for m in c.get_metric_history(run_id, "train/loss")]
+    assert steps == [1, 2, 3, 4], steps  # epochs 1-2 before the kill, 3-4 after: no epoch re-run from scratch
+
+
+@pytest.mark.slow
+def test_fractional_gpus_on_two_node_cluster_and_concurrent_sqlite_logging(tmp_path) -> None:
+    """8 trials at 0.25 GPU on two nodes with one declared GPU each: 4 share each GPU, all recorded."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from study.driver import run_study
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 1})
+    cluster.add_node(num_cpus=4, num_gpus=1)
+    try:
+        spec = load_spec(write_spec(tmp_path, seeds=list(range(4)), points=["p1", "p2"], max_concurrent=0,
+                                    tasks={"toy": {"data": str(tmp_path / "data"),
+                                                   "params": {"epochs": 2, "sleep_s": 2.0}}},
+                                    resources={"cpu": 0.5, "gpu": 0.25}),
+                         storage=tmp_path / "study")
+        code = run_study(spec, ray_address=cluster.address)
+        assert code == 0
+        assert_exactly_once(tmp_path / "study", 8)
+        c = tracking.client(tracking.default_tracking_uri(tmp_path / "study"))
+        exp = c.get_experiment_by_name("toy")
+        runs = tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'trial'")
+        spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
+        overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+        assert overlap >= 4, f"at most {overlap} trials ran at once"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
