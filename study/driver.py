@@ -33,9 +33,14 @@ STUDY_ENV = {
 @contextmanager
 def study_lock(study_dir: Path) -> Iterator[None]:
     """One driver per study directory: a second `dpl run` on the same study would duplicate trials."""
-    study_dir.mkdir(parents=True, exist_ok=True)
     path = study_dir / "driver.lock"
-    with open(path, "a+") as f:
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as exc:  # read-only or full disk, a file in the way, no permission
+        raise UserError(f"cannot write to the study directory {study_dir} ({exc.strerror}); "
+                        f"choose another with --storage or free some space") from exc
+    with handle as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -186,6 +191,7 @@ def run_study(
     study_dir = spec.study_dir
     with study_lock(study_dir):
         tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
+        expand(spec)  # validate every trial (networks, points, settings) before anything is written
         experiment_id = tracking.init_experiment(tracking_uri, spec.name, study_dir)
         save_spec(spec)
         made = ensure_synthetic_data(spec)

@@ -50,7 +50,7 @@ class TrialConfig:
     network: str
     points: tuple[str, ...]
     dataset: str = ""
-    variant: str = "baseline"
+    variant: str = ""  # "" = the task's first (default) variant
     seed: int = 0
     weights: str = "imagenet"
     normalisation: str = "imagenet"
@@ -146,5 +146,7 @@ def resolve_params(defaults: dict[str, dict[str, Any]], budget: str, overrides: 
         expected = type(base[k])
         if base[k] is not None and not isinstance(v, expected) and not (expected is float and isinstance(v, int)):
             raise ConfigError(f"{k}: {v!r} should be of type {expected.__name__} (default {base[k]!r})")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 <= base[k]:
+            raise ConfigError(f"{k}: {v} must not be negative (default {base[k]!r})")
         base[k] = float(v) if expected is float and isinstance(v, int) and not isinstance(v, bool) else v
     return base

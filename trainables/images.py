@@ -10,6 +10,10 @@ from PIL import Image, UnidentifiedImageError
 from trainables.errors import DataError
 
 
+#: Modes whose values are 0-255 per channel; others (16-bit "I;16", float "F") would be scaled wrongly.
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+
 def read_rgb(path: str | Path, size: int | None = None) -> torch.Tensor:
     """(3, H, W) float32 in [0, 1]; greyscale/palette/alpha images are converted to RGB.
 
@@ -21,6 +25,10 @@ def read_rgb(path: str | Path, size: int | None = None) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode not in EIGHT_BIT_MODES:
+                raise DataError(
+                    f"image {path} has mode {im.mode} (not 8-bit colour or grey); convert it to 8-bit RGB PNG"
+                )
             im = im.convert("RGB")
             if size is not None:
                 im = im.resize((size, size), Image.BICUBIC)

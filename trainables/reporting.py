@@ -17,6 +17,8 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
+from trainables.errors import UserError
+
 CHECKPOINT_FILE = "state.pt"
 
 
@@ -56,7 +58,7 @@ def load_checkpoint(directory: Path | None) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/format failure means the same thing to the user
-        raise RuntimeError(
+        raise UserError(
             f"checkpoint {path} is corrupt or not a dpl checkpoint ({type(exc).__name__}); "
             f"delete it to restart the trial from scratch"
         ) from exc

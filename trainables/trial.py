@@ -31,6 +31,8 @@ def prepare(config: TrialConfig) -> TrialConfig:
     dataset = config.dataset or task.DATASETS[0]
     if dataset not in task.DATASETS:
         raise ConfigError(f"dataset: {dataset!r} is not one for task {config.task}; use one of {', '.join(task.DATASETS)}")
+    if not config.variant:
+        config = config.replace(variant=task.VARIANTS[0])
     if config.variant not in task.VARIANTS:
         raise ConfigError(f"variant: {config.variant!r} is not one of {', '.join(task.VARIANTS)} for task {config.task}")
     points = config.points
@@ -43,7 +45,9 @@ def prepare(config: TrialConfig) -> TrialConfig:
         points = ln.check_points(config.network, ln.resolve_points(config.network, points or ("all",)))
         ln.weights_enum_name(config.network, config.weights)  # fails early on unknown weight sets
     params = resolve_params(task.BUDGETS, config.budget, config.params)
-    return config.replace(dataset=dataset, points=points, params=params)
+    config = config.replace(dataset=dataset, points=points, params=params)
+    # a task may pin settings its variants imply (similarity `scratch` -> random weights)
+    return task.resolve_config(config) if hasattr(task, "resolve_config") else config
 
 
 def pick_device(setting: str) -> torch.device:
