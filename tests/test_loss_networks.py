@@ -35,11 +35,12 @@ def test_registry_is_the_papers_table() -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in ln.REGISTRY if n not in ln.TRANSFORM_INPUT_NETWORKS])
-def test_points_equal_torchvision_children_in_sequence(name: str) -> None:
+def test_points_equal_torchvision_children_in_sequence(name: str, tmp_path) -> None:
     entry = ln.REGISTRY[name]
     x = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(1))
-    net = ln.build_loss_network(name, "all", weights="random", normalisation="none", seed=3)
-    reference = ln.build_classifier(name, "random", seed=3).eval()
+    reference = torchvision.models.get_model(name, weights=None).eval()
+    torch.save(reference.state_dict(), tmp_path / "w.pth")
+    net = ln.build_loss_network(name, "all", weights=str(tmp_path / "w.pth"), normalisation="none")
     with torch.no_grad():
         ours = net(x)
         theirs = sequential_children(reference, name, entry.reference_indices, x)
@@ -48,15 +49,17 @@ def test_points_equal_torchvision_children_in_sequence(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ln.TRANSFORM_INPUT_NETWORKS)
-def test_transform_input_difference_is_explicit(name: str) -> None:
+def test_transform_input_difference_is_explicit(name: str, tmp_path) -> None:
     """The reference skips GoogLeNet/Inception's input re-scaling: `off` reproduces it, `on` does not."""
     entry = ln.REGISTRY[name]
     x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(2))
     reference = ln.build_classifier(name, "random", seed=5).eval()
+    torch.save(reference.state_dict(), tmp_path / "w.pth")
+    w = str(tmp_path / "w.pth")
     with torch.no_grad():
         theirs = sequential_children(reference, name, entry.reference_indices, x)
-        off = ln.build_loss_network(name, "all", "random", "none", transform_input="off", seed=5)(x)
-        on = ln.build_loss_network(name, "all", "random", "none", transform_input="on", seed=5)(x)
+        off = ln.build_loss_network(name, "all", w, "none", transform_input="off")(x)
+        on = ln.build_loss_network(name, "all", w, "none", transform_input="on")(x)
     for point, expected in zip(entry.points, theirs):
         torch.testing.assert_close(off[point], expected, rtol=1e-5, atol=1e-5)
         # random-init activations are tiny here, so compare relative to their scale
@@ -89,12 +92,17 @@ def test_frozen_and_eval_mode_survives_parent_train() -> None:
     assert any(m.training for m in train_net.body.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-def test_random_weights_are_seeded() -> None:
+def test_random_weights_are_seeded_per_layer() -> None:
     a = ln.build_loss_network("resnet18", ["relu"], weights="random", seed=7)
     b = ln.build_loss_network("resnet18", ["relu"], weights="random", seed=7)
     c = ln.build_loss_network("resnet18", ["relu"], weights="random", seed=8)
     wa, wb, wc = (next(n.parameters()) for n in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    deeper = ln.build_loss_network("resnet18", ["relu", "layer2"], weights="random", seed=7)
+    assert torch.equal(next(deeper.parameters()), wa)  # a layer's weights do not depend on the other points
+    w = wa.detach()
+    fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+    assert abs(float(w.std()) - (2 / fan_out) ** 0.5) < 0.1 * (2 / fan_out) ** 0.5  # kaiming-normal, fan-out
 
 
 def test_imagenet_normalisation() -> None:
@@ -151,3 +159,22 @@ def test_point_metadata() -> None:
     assert ln.point_metadata("vgg16_bn", "features.5", 64)["batch_norm"] is True
     with pytest.raises(ln.LossNetworkError, match="75"):
         ln.point_metadata("inception_v3", "Mixed_6e", 32)
+
+
+def test_networks_command_lists_56_points_with_metadata(capsys) -> None:
+    import json
+
+    from study.cli import main
+
+    assert main(["networks", "--json", "--size", "96"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 56 and len({(r["network"], r["point"]) for r in rows}) == 56
+    for r in rows:
+        assert r["imagenet_top1"]["IMAGENET1K_V1"] > 50 and 0 < r["relative_depth"] < 1
+        assert r["position"] in (1, 2, 3, 4) and r["params_to_point"] > 0 and r["gflops_to_point"] > 0
+        assert len(r["feature_shape"]) == 3
+    by = {(r["network"], r["point"]): r for r in rows}
+    assert by[("resnet50", "layer4")]["feature_shape"] == [2048, 3, 3]
+    assert by[("vgg16", "features.29")]["batch_norm"] is False and by[("vgg16_bn", "features.42")]["batch_norm"]
+    assert main(["networks", "--nodes", "resnet18"]) == 0
+    assert "layer4.1.relu_1" in capsys.readouterr().out.split()

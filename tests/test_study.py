@@ -243,3 +243,21 @@ def test_fractional_gpus_on_two_node_cluster_and_concurrent_sqlite_logging(tmp_p
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_load_64_trials_8_concurrent_all_recorded(tmp_path) -> None:
+    """64 small trials, 8 at a time, on one machine and one fresh SQLite store: every result recorded."""
+    spec = write_spec(tmp_path, name="load", networks=["none"], seeds=list(range(64)), max_concurrent=8,
+                      ray={"num_cpus": 8}, tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 2}}})
+    study_dir = tmp_path / "study"
+    result = dpl("run", str(spec), "--storage", str(study_dir), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "database is locked" not in result.stderr
+    runs = trial_runs(study_dir, "load")
+    assert len(runs) == len({k for k, _, _ in runs}) == 64 and {s for _, s, _ in runs} == {"FINISHED"}
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    for _, _, run_id in runs:
+        history = c.get_metric_history(run_id, "train/loss")
+        assert [m.step for m in history] == [1, 2]
+        assert "score" in c.get_run(run_id).data.metrics

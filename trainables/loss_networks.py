@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import zlib
 import functools
 import urllib.error
 from dataclasses import dataclass
@@ -214,18 +215,23 @@ def build_classifier(name: str, weights: str = "imagenet", seed: int = 0) -> nn.
     """The full torchvision model with the requested weights (seeded init for `random`)."""
     check_network(name)
     enum_name = weights_enum_name(name, weights)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _construct(name, pretrained_layout=weights != "random")
     if weights == "random":
-        return model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return _construct(name, pretrained_layout=False)
     state = _load_file_state_dict(weights) if enum_name is None else _download_state_dict(name, enum_name)
     state = {k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2."))}
+    # Loaded weights replace every tensor, so skip the random init (seconds for VGG's classifier).
+    with torch.device("meta"):
+        model = _construct(name, pretrained_layout=True)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise LossNetworkError(f"weights {weights} do not fit {name}: {first}") from exc
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise LossNetworkError(f"weights {weights} for {name} lack {', '.join(left[:3])}; give a complete state dict")
     return model
 
 
@@ -235,7 +241,7 @@ def build_classifier(name: str, weights: str = "imagenet", seed: int = 0) -> nn.
 @functools.cache
 def graph_nodes(name: str) -> tuple[str, ...]:
     """The eval-mode FX graph node names of `name` (the valid points), in execution order."""
-    model = _construct(check_network(name), pretrained_layout=True).eval()
+    model = _meta_model(check_network(name))  # tracing needs no weights
     _, eval_nodes = feature_extraction.get_graph_node_names(model)
     return tuple(eval_nodes)
 
@@ -337,12 +343,68 @@ def build_loss_network(
     """Frozen extractor of `points` of `name`, pruned after the deepest one."""
     check_network(name)
     pts = check_points(name, resolve_points(name, points))
-    model = build_classifier(name, weights, seed)
-    if name in TRANSFORM_INPUT_NETWORKS:
-        model.transform_input = uses_transform_input(name, weights, transform_input)
-    model.eval()
-    body = feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in pts})
+    if weights == "random":
+        body = _random_extractor(name, pts, seed, uses_transform_input(name, weights, transform_input))
+    else:
+        model = build_classifier(name, weights, seed)
+        if name in TRANSFORM_INPUT_NETWORKS:
+            model.transform_input = uses_transform_input(name, weights, transform_input)
+        model.eval()
+        body = feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in pts})
     return LossNetwork(name, pts, body, normalisation, mode)
+
+
+#: Buffers a meta-built model may hold for the fast random path; any other buffer (Swin's relative
+#: position index, say) is computed in __init__ and would be lost by `to_empty`.
+_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _meta_model(name: str) -> nn.Module:
+    with torch.device("meta"):
+        return _construct(name, pretrained_layout=True).eval()
+
+
+def _random_extractor(name: str, points: tuple[str, ...], seed: int, transform_input: bool) -> nn.Module:
+    """A randomly initialised extractor that only ever allocates and initialises the kept layers.
+
+    Initialising a whole VGG (120M classifier weights that pruning throws away) takes seconds; building on
+    the meta device, pruning, then initialising the rest takes milliseconds. Each module's draw is seeded
+    by (seed, module name), so a layer gets the same weights whichever points are requested.
+    """
+    model = _meta_model(name)
+    if any(n.rsplit(".", 1)[-1] not in _NORM_STATS for n, _ in model.named_buffers()):
+        model = build_classifier(name, "random", seed).eval()  # computed buffers: take the slow, safe path
+        if name in TRANSFORM_INPUT_NETWORKS:
+            model.transform_input = transform_input
+        return feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in points})
+    if name in TRANSFORM_INPUT_NETWORKS:
+        model.transform_input = transform_input
+    body = feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in points})
+    body.to_empty(device="cpu")
+    seeded_init(body, seed)
+    return body
+
+
+def seeded_init(module: nn.Module, seed: int) -> None:
+    """Kaiming-normal (fan-out) convolutions, N(0, 0.01) linear layers, unit norms, zero biases, as
+    torchvision initialises its CNNs; other parameters N(0, 0.02)."""
+    for name, m in module.named_modules():
+        if not list(m.parameters(recurse=False)) and not list(m.buffers(recurse=False)):
+            continue
+        g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+        with torch.no_grad():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01, generator=g)
+            elif hasattr(m, "reset_parameters"):
+                m.reset_parameters()  # norms: weight 1, bias 0, running statistics reset
+            else:
+                for p in m.parameters(recurse=False):
+                    nn.init.normal_(p, 0.0, 0.02, generator=g)
+            bias = getattr(m, "bias", None)
+            if isinstance(bias, torch.Tensor) and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                nn.init.zeros_(bias)
 
 
 def build_from_config(config: Any) -> LossNetwork:
@@ -377,11 +439,11 @@ def point_metadata(name: str, point: str, input_size: int = 224) -> dict[str, An
     """
     check_network(name)
     check_points(name, (point,))
-    model = build_classifier(name, "random", 0).eval()
+    model = _meta_model(name)  # shapes, parameter counts and FLOPs need no real weights
     if name in TRANSFORM_INPUT_NETWORKS:
         model.transform_input = False
     body = feature_extraction.create_feature_extractor(model, return_nodes={point: point})
-    x = torch.zeros(1, 3, input_size, input_size)
+    x = torch.zeros(1, 3, input_size, input_size, device="meta")
     try:
         with torch.no_grad():
             shape = tuple(body(x)[point].shape[1:])

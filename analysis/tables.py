@@ -1,0 +1,168 @@
+"""The paper's tables: network x extraction point per task/metric, best point, ranks and average ranks.
+
+Decisions where the paper is silent (see docs/ANALYSIS.md): a network is ranked by its best point;
+ties share the average rank; a model's average rank is the mean over benchmarks (task/dataset) of its mean
+rank over that benchmark's metrics, so a benchmark with ten metrics does not outweigh one with three.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.runs import GROUP_KEYS
+
+_BEST_KEYS = GROUP_KEYS + ["model", "network", "weights_set", "is_default_weights", "family", "has_batch_norm"]
+
+
+def column_label(position: float, point: str) -> str:
+    """Table column of a point: L1..L4 for the paper's positions, the node name for any other point."""
+    return f"L{int(position)}" if isinstance(position, (int, float)) and not math.isnan(position) else str(point)
+
+
+def groups(cells: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """The (task, dataset, metric, direction, primary, setting) groups of `cells`, in a stable order."""
+    if cells.empty:
+        return []
+    return [(k, g) for k, g in cells.groupby(GROUP_KEYS, sort=True, dropna=False)]
+
+
+def group_name(key: tuple) -> str:
+    """A human label of a group key, e.g. "superres/coco test/set5/psnr (variant=lin)"."""
+    task, dataset, metric, _direction, _primary, setting = key
+    tail = "" if setting == "all" else f" ({setting})"
+    return f"{task}/{dataset} {metric}{tail}"
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def score_table(group: pd.DataFrame, best: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Network (model) x point table of one group, with `best` (direction-aware) and `best_point` columns.
+
+    `best` = `best_points(group)`, when the caller already has it."""
+    g = group.assign(column=[column_label(p, q) for p, q in zip(group["position"], group["point"])])
+    table = g.pivot_table(index="model", columns="column", values="value", aggfunc="first", dropna=False)
+    table = table.reindex(columns=sorted(table.columns, key=lambda c: (not re.fullmatch(r"L\d", c), c)))
+    best = (best_points(group) if best is None else best).set_index("model")
+    table["best"] = best["value"]
+    table["best_point"] = best["best_point"]
+    order = g.groupby("model")["imagenet_top1"].first().sort_values(kind="stable").index
+    return table.reindex(order)
+
+
+def status_table(group: pd.DataFrame, numeric: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Like `score_table` but as display strings: formatted means (± std over seeds), or the run status."""
+    g = group.assign(column=[column_label(p, q) for p, q in zip(group["position"], group["point"])])
+
+    def show(row: pd.Series) -> str:
+        if row["n"] == 0 or math.isnan(row["value"]):
+            return str(row["statuses"]).split("x")[0] or "missing"
+        text = f"{row['value']:.4g}"
+        return text + (f" ± {row['std']:.2g} (n={row['n']})" if row["n"] > 1 else "")
+
+    g["shown"] = g.apply(show, axis=1)
+    table = g.pivot_table(index="model", columns="column", values="shown", aggfunc="first")
+    numeric = score_table(group) if numeric is None else numeric
+    table = table.reindex(index=numeric.index, columns=[c for c in numeric.columns if c not in ("best", "best_point")])
+    table = table.fillna("missing")
+    table["best"] = [f"{v:.4g} ({p})" if isinstance(p, str) else "n/a"
+                     for v, p in zip(numeric["best"], numeric["best_point"])]
+    return table
+
+
+def best_points(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per group and model: the best point (max of the direction-aligned score) and its attributes.
+
+    Columns: group keys, model, network, value, aligned, best_point, best_position, best_depth,
+    n_points (finished points), max_position (the deepest paper position that finished), is_last (best
+    point is position 4 with all four positions finished), imagenet_top1, top1_fallback. Ties go to the
+    earlier point, which is conservative for the "later is better" test.
+    """
+    done = cells[cells["n"] > 0].dropna(subset=["aligned"])
+    if done.empty:
+        return pd.DataFrame(columns=_BEST_KEYS + ["value", "aligned", "best_point", "best_position", "is_last"])
+    done = done.assign(_gid=done.groupby(_BEST_KEYS, dropna=False, sort=False).ngroup(), _neg=-done["aligned"])
+    stats = done.groupby("_gid").agg(n_points=("point", "size"), n_positions=("position", "nunique"),
+                                     max_position=("position", "max"))
+    best = done.sort_values(["_gid", "_neg", "relative_depth", "position"], kind="stable").drop_duplicates("_gid")
+    best = best.join(stats, on="_gid")[_BEST_KEYS + [
+        "value", "aligned", "point", "position", "relative_depth", "imagenet_top1", "top1_fallback",
+        "n_points", "n_positions", "max_position"]]
+    best = best.rename(columns={"point": "best_point", "position": "best_position", "relative_depth": "best_depth"})
+    best["is_last"] = (best["best_position"] == 4) & (best["n_positions"] == 4)
+    return best.sort_values(_BEST_KEYS).reset_index(drop=True)
+
+
+def rank_table(best: pd.DataFrame) -> pd.DataFrame:
+    """Rank the models of each group by their best point (1 = best, direction-aware; ties averaged).
+
+    Only the default weights of each architecture are ranked, so that V2 weights do not push V1 networks
+    down; the within-architecture weight comparison is the V1/V2 control in `conventions`.
+    """
+    b = best[best["is_default_weights"]].copy()
+    b["rank"] = b.groupby(GROUP_KEYS, dropna=False)["aligned"].rank(ascending=False, method="average")
+    return b
+
+
+def average_ranks(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and network: mean rank per benchmark (task/dataset), their mean, and the primary-metric mean.
+
+    Columns: setting, network, imagenet_top1, one column per benchmark, avg_rank (mean over benchmarks),
+    avg_rank_primary (mean of the ranks on each benchmark's primary metric), n_benchmarks.
+    """
+    if ranks.empty:
+        return pd.DataFrame(columns=["setting", "network", "avg_rank", "avg_rank_primary", "n_benchmarks"])
+    r = ranks.assign(benchmark=ranks["task"] + "/" + ranks["dataset"])
+    per = r.pivot_table(index=["setting", "network"], columns="benchmark", values="rank", aggfunc="mean")
+    prim = r[r["primary"]].groupby(["setting", "network"])["rank"].mean()
+    out = per.copy()
+    out["avg_rank"] = per.mean(axis=1)
+    out["avg_rank_primary"] = prim
+    out["n_benchmarks"] = per.notna().sum(axis=1)
+    out.insert(0, "imagenet_top1", r.groupby(["setting", "network"])["imagenet_top1"].first())
+    return out.reset_index().sort_values(["setting", "avg_rank"]).reset_index(drop=True)
+
+
+def to_markdown(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table (no `tabulate` dependency); NaN shows as "n/a"."""
+    d = df.reset_index() if index else df
+
+    def fmt(v: object) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "n/a" if math.isnan(v) else f"{v:.{digits}g}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(str, d.columns)) + " |", "|" + "---|" * len(d.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in d.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_tables(cells: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """Write every group's table, the ranks and the average ranks as CSV and Markdown under `out_dir`.
+
+    Returns {name: csv path}; the Markdown file sits next to each CSV with the same stem.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    def save(name: str, numeric: pd.DataFrame, shown: pd.DataFrame, index: bool) -> None:
+        path = out_dir / f"{slug(name)}.csv"
+        numeric.to_csv(path, index=index)
+        path.with_suffix(".md").write_text(to_markdown(shown, index=index) + "\n")
+        written[name] = path
+
+    for key, g in groups(cells):
+        numeric = score_table(g)
+        save(f"table_{group_name(key)}", numeric, status_table(g, numeric), index=True)
+    ranks = rank_table(best_points(cells))
+    rank_cols = GROUP_KEYS + ["network", "imagenet_top1", "value", "best_point", "rank"]
+    save("ranks", ranks[rank_cols], ranks[rank_cols], index=False)
+    avg = average_ranks(ranks)
+    save("average_ranks", avg, avg, index=False)
+    return written
