@@ -261,3 +261,34 @@ def test_load_64_trials_8_concurrent_all_recorded(tmp_path) -> None:
         history = c.get_metric_history(run_id, "train/loss")
         assert [m.step for m in history] == [1, 2]
         assert "score" in c.get_run(run_id).data.metrics
+
+
+@pytest.mark.slow
+def test_optuna_search_state_survives_relaunch(tmp_path) -> None:
+    """A budgeted search over networks, points and a task setting; a relaunch with a bigger budget only
+    runs the extra trials, and Optuna's state (its SQLite storage) carries over."""
+    import optuna
+
+    def spec(n: int) -> Path:
+        return write_spec(tmp_path, name="search", seeds=[0], max_concurrent=2,
+                          networks=["squeezenet1_1", "alexnet"],
+                          tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 1}}},
+                          search={"type": "optuna", "num_samples": n,
+                                  "space": {"network": {"choices": ["squeezenet1_1", "alexnet"]},
+                                            "point": {"choices": ["p1", "p2"]},
+                                            "params.lr": {"low": 0.01, "high": 0.5, "log": True}}})
+
+    study_dir = tmp_path / "study"
+    result = dpl("run", str(spec(2)), "--storage", str(study_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best so far" in result.stderr
+    first = trial_runs(study_dir, "search")
+    assert 1 <= len(first) <= 2 and {s for _, s, _ in first} == {"FINISHED"}  # a repeated sample reuses its run
+    result = dpl("run", str(spec(4)), "--storage", str(study_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = trial_runs(study_dir, "search")
+    assert {k for k, _, _ in first} <= {k for k, _, _ in runs} and len(runs) == len({k for k, _, _ in runs})
+    stored = optuna.load_study(study_name="search", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    complete = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert all(t.user_attrs["trial_key"] in {k for k, _, _ in runs} for t in complete)

@@ -190,7 +190,7 @@ def _fetch_any(urls: tuple[str, ...], dest: Path, md5: str | None) -> Path:
 # -------------------------------------------------------------------------------------- synthesis
 
 #: images per subset for each synthetic size: (2afc train, 2afc val, jnd val)
-SYNTH_SIZES = {"smoke": (16, 12, 16), "small": (300, 200, 200)}
+SYNTH_SIZES = {"smoke": (16, 24, 24), "small": (300, 200, 200)}
 #: distortion kinds used by each synthetic subset (mirrors the spirit of the real subsets)
 SUBSET_KINDS = {
     "traditional": ("blur", "noise", "colour", "quantise", "jpeg", "warp"),

@@ -45,7 +45,7 @@ PRIMARY_METRIC = "2afc/mean"
 # monitoring only, never used for selection since BAPPS val is the test set).
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": dict(epochs=1, decay_epochs=0, batch_size=8, eval_batch_size=32, lr=1e-4, beta1=0.5,
-                  max_train_pairs=16, max_eval_pairs=6, monitor_pairs=2, image_size=64, num_workers=0),
+                  max_train_pairs=16, max_eval_pairs=24, monitor_pairs=2, image_size=64, num_workers=0),
     "quick": dict(epochs=2, decay_epochs=1, batch_size=50, eval_batch_size=256, lr=1e-4, beta1=0.5,
                   max_train_pairs=5000, max_eval_pairs=500, monitor_pairs=100, image_size=64, num_workers=2),
     "paper": dict(epochs=10, decay_epochs=5, batch_size=50, eval_batch_size=256, lr=1e-4, beta1=0.5,
