@@ -189,11 +189,11 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.kind == "superres":
-        from trainables.tasks.superres import evaluate_folders
+        from trainables.metrics.sr_metrics import evaluate_folders
 
         result = evaluate_folders(Path(args.sr), Path(args.hr), args.scale, protocol=args.protocol)
     else:
-        from trainables.tasks.delineation import evaluate_folders
+        from trainables.metrics.ccq import evaluate_folders
 
         result = evaluate_folders(Path(args.pred), Path(args.label), tolerance=args.tolerance, threshold=args.threshold)
     if args.json:

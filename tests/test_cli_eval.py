@@ -1,0 +1,50 @@
+"""`dpl eval superres|roads` wiring: the CLI scores folders with the tasks' metric code."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from study.cli import main
+
+
+def test_eval_superres_cli(tmp_path, photos, capsys) -> None:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "sr").mkdir()
+    rng = np.random.default_rng(0)
+    hr = np.asarray(Image.open(photos["coffee"]).convert("RGB"))[:124, :124]  # a multiple of the scale
+    sr = np.clip(hr.astype(int) + rng.integers(-3, 4, hr.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(hr).save(tmp_path / "hr" / "coffee.png")
+    Image.fromarray(sr).save(tmp_path / "sr" / "coffee.png")
+    assert main(["eval", "superres", "--sr", str(tmp_path / "sr"), "--hr", str(tmp_path / "hr"), "--scale", "4",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    psnr = next(v for k, v in out.items() if "psnr" in k and isinstance(v, float))
+
+    def y(img):  # BT.601 on 8-bit RGB, rounded like MATLAB's rgb2ycbcr, borders shaved by the scale
+        f = img.astype(np.float64) / 255
+        return np.round(16 + 65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2])[4:-4, 4:-4]
+
+    np.testing.assert_allclose(psnr, peak_signal_noise_ratio(y(hr), y(sr), data_range=255), rtol=1e-4)
+
+
+def test_eval_roads_cli(tmp_path, capsys) -> None:
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "label").mkdir()
+    label = np.zeros((32, 32), np.uint8)
+    label[10, 4:28] = 255
+    pred = np.zeros((32, 32), np.uint8)
+    pred[12, 4:28] = 255  # shifted 2 px: matched at tolerance 3, not at 0
+    Image.fromarray(label).save(tmp_path / "label" / "t.png")
+    Image.fromarray(pred).save(tmp_path / "pred" / "t.png")
+    args = ["eval", "roads", "--pred", str(tmp_path / "pred"), "--label", str(tmp_path / "label"), "--json"]
+    assert main(args + ["--tolerance", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["quality"] == 1.0
+    assert main(args + ["--tolerance", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["quality"] == 0.0
+    (tmp_path / "pred" / "t.png").rename(tmp_path / "pred" / "u.png")
+    assert main(args) == 2
+    assert "no label" in capsys.readouterr().err
