@@ -21,13 +21,19 @@ from trainables.reporting import CHECKPOINT_FILE
 
 
 class TuneMlflowReporter:
-    """Reporter for a trial under Ray Tune, logging to the trial's MLflow run."""
+    """Reporter for a trial under Ray Tune, logging to the trial's MLflow run.
+
+    Metrics are logged before the checkpoint is copied, so a kill in between loses no metric; the resumed
+    trial then re-runs that epoch from the previous checkpoint, and `logged_through` keeps it from being
+    logged a second time (each step of a run's history appears once).
+    """
 
     def __init__(self, client: Any, run_id: str, checkpoint_dir: Path) -> None:
         self.client = client
         self.run_id = run_id
         self.checkpoint_dir = checkpoint_dir
         self.last: dict[str, float] = {}
+        self.logged_through = _last_logged_step(client, run_id)
 
     def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
         from mlflow.entities import Metric
@@ -35,9 +41,10 @@ class TuneMlflowReporter:
 
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in metrics.items()}
-        batch = [Metric(k, v, now, epoch) for k, v in values.items()]
-        for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        if epoch > self.logged_through:
+            batch = [Metric(k, v, now, epoch) for k, v in values.items()]
+            for i in range(0, len(batch), 500):
+                self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
         self.last = values
         ray_metrics = {"epoch": epoch, **{k.replace("/", "."): v for k, v in values.items()}}
         if checkpoint_dir is None:
@@ -65,6 +72,14 @@ class TuneMlflowReporter:
             return None
         local = Path(tempfile.mkdtemp(prefix="dpl-resume-"))
         return Path(ckpt.to_directory(str(local)))
+
+
+def _last_logged_step(client: Any, run_id: str) -> int:
+    """The newest epoch already in the run's metric history (0 for a run that logged nothing yet)."""
+    logged = client.get_run(run_id).data.metrics
+    if not logged:
+        return 0
+    return max(m.step for key in logged for m in client.get_metric_history(run_id, key))
 
 
 def _replace_dir(src: Path, dest: Path) -> None:

@@ -78,6 +78,30 @@ def test_distance_cli_on_photographs_equals_lpips(tmp_path, photos, capsys) -> N
     assert set(out["points"]) == set(LPIPS_POINTS["alex"][1])
 
 
+@pytest.mark.parametrize("grad_input", [0, 1])
+def test_loss_use_value_and_gradient_equal_lpips(tmp_path, pairs, grad_input: int) -> None:
+    """As a loss (one input tracked, the other a fixed target) the target runs without a graph; value and
+    input gradient must still equal the lpips package's, whichever side is tracked."""
+    torch.manual_seed(0)
+    ref = lpips.LPIPS(net="alex", pnet_rand=True, lpips=True, verbose=False).eval()
+    tv_name, points = LPIPS_POINTS["alex"]
+    net = ln.build_loss_network(tv_name, points, weights=str(lpips_trunk_as_torchvision(ref, tv_name, tmp_path / "a.pth")))
+    ours = PerceptualDistance(net, "lpips")
+    ours.load_lpips_lin(LIN_FILE / "alex.pth")
+    a, b = pairs
+    inputs_ref = [a.clone(), b.clone()]
+    inputs_ours = [a.clone(), b.clone()]
+    inputs_ref[grad_input].requires_grad_(True)
+    inputs_ours[grad_input].requires_grad_(True)
+    expected = ref(*inputs_ref, normalize=True).sum()
+    got = ours(*inputs_ours)["total"].sum()
+    expected.backward()
+    got.backward()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    g_ref, g_ours = inputs_ref[grad_input].grad, inputs_ours[grad_input].grad
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
+
+
 def test_mse_and_identity_and_gradients() -> None:
     net = ln.build_loss_network("squeezenet1_1", ["features.1", "features.3"], weights="random")
     x = torch.rand(2, 3, 32, 32)

@@ -166,8 +166,33 @@ def test_failing_trial_is_recorded_and_study_goes_on(tmp_path) -> None:
     assert "FAILED toy squeezenet1_1:features.1" in status.stdout and "asked to fail" in status.stdout
 
 
+def trial_progress(db: Path) -> tuple[int, int]:
+    """(FINISHED trial runs, RUNNING trial runs that already logged an epoch), read straight from SQLite
+    so the poll never goes through (or waits on) the driver."""
+    if not db.exists():
+        return 0, 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            rows = con.execute(
+                "select r.status, exists(select 1 from metrics m where m.run_uuid = r.run_uuid) from runs r "
+                "join tags t on r.run_uuid = t.run_uuid where t.key = 'dpl.kind' and t.value = 'trial'"
+            ).fetchall()
+    except sqlite3.Error:
+        return 0, 0
+    return (sum(s == "FINISHED" for s, _ in rows), sum(s == "RUNNING" and logged for s, logged in rows))
+
+
+# when to kill: (finished, running-with-an-epoch) -> bool, for a study of 6 trials run one at a time
+KILL_MOMENTS = {
+    "before_any_trial_finished": lambda done, running: done == 0 and running >= 1,
+    "mid_study": lambda done, running: 2 <= done <= 3,
+    "during_the_last_trial": lambda done, running: done == 5 and running >= 1,
+}
+
+
 @pytest.mark.slow
-def test_sigkill_driver_mid_study_then_resume_is_exactly_once(tmp_path) -> None:
+@pytest.mark.parametrize("moment", list(KILL_MOMENTS))
+def test_sigkill_driver_then_resume_is_exactly_once(tmp_path, moment) -> None:
     spec = write_spec(tmp_path, seeds=[0, 1, 2], points=["p1", "p2"], max_concurrent=1,
                       tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 3, "sleep_s": 1.0}}})
     study_dir = tmp_path / "study"
@@ -176,28 +201,25 @@ def test_sigkill_driver_mid_study_then_resume_is_exactly_once(tmp_path) -> None:
                             env=os.environ.copy())
     db = study_dir / "mlflow.db"
     deadline = time.time() + 300
-    finished = 0
-    while time.time() < deadline and finished < 2:
-        time.sleep(1)
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as con:
-                    finished = con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                                           "where t.key = 'dpl.kind' and t.value = 'trial' "
-                                           "and r.status = 'FINISHED'").fetchone()[0]
-            except sqlite3.Error:
-                pass
-    assert finished >= 2, "the study never got going"
+    progress = (0, 0)
+    while time.time() < deadline and proc.poll() is None and not KILL_MOMENTS[moment](*progress):
+        time.sleep(0.2)
+        progress = trial_progress(db)
+    assert proc.poll() is None and KILL_MOMENTS[moment](*progress), f"never reached {moment}: {progress}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
 
     status = json.loads(dpl("status", str(study_dir), "--json").stdout)
-    assert status["driver_running"] is False and status["total"]["finished"] < 6
+    assert status["driver_running"] is False and status["total"]["finished"] == progress[0] < 6
 
     result = dpl("run", str(spec), "--storage", str(study_dir))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{progress[0]} already finished, {6 - progress[0]} to run" in result.stderr
     assert_exactly_once(study_dir, 6)
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    for _, _, run_id in trial_runs(study_dir):  # every epoch once: a killed trial resumed, it did not restart
+        assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2, 3]
 
 
 @pytest.mark.slow

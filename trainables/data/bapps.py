@@ -36,7 +36,8 @@ FOLDERS = {"2afc": (("ref", "p0", "p1"), "judge"), "jnd": (("p0", "p1"), "same")
 
 #: archive -> (URLs in order of preference, md5). The Berkeley URLs are the ones the paper's code and the
 #: LPIPS paper used; the S3 mirror is what LPIPS' download_dataset.sh points at today. Neither source
-#: publishes a checksum, so none is checked (the archives are verified by reading the layout afterwards).
+#: publishes a checksum, so each archive is checked against the SHA256SUMS manifest beside it (recorded on
+#: first download or pinned by the user, see `download.MANIFEST`) and by reading the layout afterwards.
 SOURCES = {
     "twoafc_train": (
         (

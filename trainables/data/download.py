@@ -6,12 +6,14 @@ internet access.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from trainables.errors import DataError
@@ -27,14 +29,53 @@ def file_hash(path: Path, algorithm: str = "md5") -> str:
     return h.hexdigest()
 
 
-def fetch(url: str, dest: Path, checksum: str | None = None, algorithm: str = "md5") -> Path:
-    """Download `url` to `dest` (resuming a `.part` file), verify `checksum`, return `dest`.
+#: Per-directory manifest in `sha256sum` format. Sources that publish no checksum (BAPPS, Massachusetts
+#: Roads, COCO, the SR test sets) are verified against it: the first download records its hash (trust on
+#: first use), every later use re-checks it, and a lab can pin the hashes up front by copying a manifest
+#: made on a trusted machine next to the data (`sha256sum -c SHA256SUMS` checks it by hand).
+MANIFEST = "SHA256SUMS"
 
-    An existing `dest` whose checksum matches is kept without network access.
+
+def recorded_sha256(dest: Path) -> str | None:
+    manifest = Path(dest).parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    for line in manifest.read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if name.lstrip("*") == Path(dest).name:
+            return digest.lower()
+    return None
+
+
+def _record_sha256(dest: Path, digest: str) -> None:
+    manifest = dest.parent / MANIFEST
+    lines = manifest.read_text().splitlines() if manifest.is_file() else []
+    lines = [ln for ln in lines if ln.strip().partition("  ")[2].lstrip("*") != dest.name]
+    manifest.write_text("\n".join([*lines, f"{digest}  {dest.name}"]) + "\n")
+
+
+def _mismatch(path: Path, checksum: str | None, algorithm: str, pinned: str | None) -> str | None:
+    """Why `path` fails its checks (official checksum, then the manifest's sha256), or None if it passes."""
+    if checksum is not None and (got := file_hash(path, algorithm)) != checksum:
+        return f"{algorithm} {got} does not match the official {checksum}"
+    if pinned is not None and (got := file_hash(path, "sha256")) != pinned:
+        return (f"sha256 {got} does not match {pinned} recorded in {path.parent / MANIFEST} (first download or "
+                f"pinned by you); if the source legitimately changed, delete that line")
+    return None
+
+
+def fetch(url: str, dest: Path, checksum: str | None = None, algorithm: str = "md5") -> Path:
+    """Download `url` to `dest` (resuming a `.part` file), verify it, record its sha256, return `dest`.
+
+    An existing `dest` that passes its checks is kept without network access; one that fails them is
+    downloaded again.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_file() and (checksum is None or file_hash(dest, algorithm) == checksum):
+    pinned = recorded_sha256(dest)
+    if dest.is_file() and _mismatch(dest, checksum, algorithm, pinned) is None:
+        if pinned is None:
+            _record_sha256(dest, file_hash(dest, "sha256"))
         return dest
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
@@ -51,10 +92,11 @@ def fetch(url: str, dest: Path, checksum: str | None = None, algorithm: str = "m
             f"cannot download {url} ({getattr(exc, 'reason', exc)}); this machine may be offline: download it "
             f"elsewhere and place it at {dest}, or use `dpl data synth` for synthetic data"
         ) from exc
-    if checksum is not None and (got := file_hash(part, algorithm)) != checksum:
+    if (why := _mismatch(part, checksum, algorithm, pinned)) is not None:
         part.unlink(missing_ok=True)
-        raise DataError(f"{url}: {algorithm} {got} does not match the official {checksum}; the download was deleted, retry")
+        raise DataError(f"{url}: {why}; the download was deleted, retry")
     part.rename(dest)
+    _record_sha256(dest, file_hash(dest, "sha256"))
     return dest
 
 
@@ -70,6 +112,11 @@ def extract(archive: Path, into: Path) -> Path:
                     raise DataError(f"{archive}: member {name} would extract outside {into}; refusing")
             z.extractall(into)
     else:
-        with tarfile.open(archive) as t:  # detects gzip/bz2/xz itself
-            t.extractall(into, filter="data")
+        try:
+            with tarfile.open(archive) as t:  # detects gzip/bz2/xz itself
+                t.extractall(into, filter="data")
+        except tarfile.FilterError as exc:
+            raise DataError(f"{archive}: {exc}; refusing (the archive is not what the source publishes)") from exc
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise DataError(f"{archive} is not a readable archive ({exc}); delete it to download it again") from exc
     return into

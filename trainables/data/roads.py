@@ -112,7 +112,8 @@ def read_pair(tile: Tile) -> tuple[torch.Tensor, torch.Tensor]:
 def download(root: Path) -> Path:
     """Fetch every tile listed on the official index pages into `root/{split}/{sat,map}/`.
 
-    The source publishes no checksums, so files are fetched unverified (checksum=None); fetch() resumes
+    The source publishes no checksums, so each file is checked against the SHA256SUMS manifest of its folder
+    (recorded on first download or pinned by the user, see `download.MANIFEST`); fetch() resumes
     partial files and skips complete ones, so an interrupted download is continued by running it again.
     """
     root = Path(root)

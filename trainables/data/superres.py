@@ -38,7 +38,7 @@ PROTOCOLS = ("full", "center288")
 CENTER_CROP = 288
 
 # ------------------------------------------------------------------------------------------- sources
-# COCO 2014 (official site). The COCO project publishes no checksums, so none is checked.
+# COCO 2014 (official site). The COCO project publishes no checksums: SHA256SUMS (download.MANIFEST) guards them.
 COCO_URLS = {
     "train": "http://images.cocodataset.org/zips/train2014.zip",
     "val": "http://images.cocodataset.org/zips/val2014.zip",
@@ -46,10 +46,10 @@ COCO_URLS = {
 # Set5 / Set14 HR images as distributed with SelfExSR (Huang et al., CVPR 2015), the copy every SR paper's
 # tables are computed on (Set5: Bevilacqua et al. 2012; Set14: Zeyde et al. 2010; the original authors'
 # pages are gone). The SRF_4 HR files are modcropped to a multiple of 4 (and so of 2; x8 crops further).
-# GitHub publishes no checksums for raw files, so none is checked.
+# GitHub publishes no checksums for raw files: SHA256SUMS (download.MANIFEST) guards them.
 SELFEXSR = "https://raw.githubusercontent.com/jbhuang0604/SelfExSR/master/data/{name}/image_SRF_4/img_{i:03d}_SRF_4_HR.png"
 SELFEXSR_COUNTS = {"set5": ("Set5", 5), "set14": ("Set14", 14)}
-# BSD100 = the 100 test images of BSDS300 (official Berkeley archive; no published checksum).
+# BSD100 = the 100 test images of BSDS300 (official Berkeley archive; no published checksum: SHA256SUMS guards it).
 BSDS300_URL = "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/bsds/BSDS300-images.tgz"
 
 
