@@ -14,19 +14,20 @@ FAIL (a correctness check failed: exit status 1)):
    one extractor of all 4 points vs the deepest alone (the prefix is shared).
    Targets: vgg16 features.29 >= 0.8 x matmul GFLOP/s; cost share <= 1.5 x FLOP share at every point;
    extractor parameters == those of its plain prefix, and time <= 1.15 x (timing noise here: +-10%).
-2. probes: optimisations outside the library, measured, never applied by it: torch.inference_mode
-   instead of no_grad, and channels_last memory format (model and input, or model only); --grad adds
+2. probes: the library's layout (channels_last weights, NCHW input) against NCHW (its layout before)
+   and against other options (torch.inference_mode, channels_last input too); --grad adds
    forward+backward to the input.
 3. lpips: `PerceptualDistance(..., "lpips")` vs `lpips.LPIPS` (alex, squeeze, vgg; baseline lpips=False
    and lin) at lpips' own 5/7 layers with lpips' random trunk copied into a torchvision state dict (as
    tests/test_distances.py does). Outputs are checked equal (per layer and total) before anything is
-   timed; a mismatch is a FAIL and the exit status is 1. Target: lpips time / our time >= 1.2.
+   timed; a mismatch is a FAIL and the exit status is 1. Target: lpips time / our time >= 1.2. Ours is
+   timed as the library builds it and built NCHW (`memory_format="contiguous"`).
 4. profile: torch.profiler top ops of vgg16 up to features.29 (what limits it).
 
     python bench/lossnet_throughput.py                 # default (~3 min on 2 CPU cores)
     python bench/lossnet_throughput.py --quick         # vgg16 + lpips alex only (~50 s)
     python bench/lossnet_throughput.py --networks all  # the paper's 14 networks
-    python bench/lossnet_throughput.py --channels-last --skip probes lpips profile   # section 1, suggested layout
+    python bench/lossnet_throughput.py --memory-format contiguous --skip probes lpips profile   # section 1, NCHW
     python bench/lossnet_throughput.py --device cuda --batch-size 64 --autocast bf16
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ warnings.filterwarnings("ignore", category=UserWarning)  # lpips' torchvision `p
 import torch  # noqa: E402
 
 from trainables import loss_networks as ln  # noqa: E402
-from trainables.distances import PerceptualDistance, lpips_point  # noqa: E402
+from trainables.distances import PerceptualDistance  # noqa: E402
 
 DEFAULT_NETWORKS = ("alexnet", "vgg16", "squeezenet1_1", "resnet50", "efficientnet_b0")
 QUICK_NETWORKS = ("vgg16",)
@@ -167,18 +168,17 @@ def plain_prefix(network: str, point: str, device: torch.device) -> torch.nn.Mod
 
 
 def network_rows(network: str, batch: int, size: int, device: torch.device, rounds: int, min_time: float,
-                 matmul_n: int, autocast: str = "off", channels_last: bool = False,
+                 matmul_n: int, autocast: str = "off", memory_format: str = "auto",
                  prefix_check: bool = True, matmul_dtype: torch.dtype | None = None) -> list[dict[str, Any]]:
     """One row per paper point (+ an `all 4` row), each timed side by side with the matmul reference
     (float32; under autocast, a matmul in the autocast dtype unless `matmul_dtype` says otherwise)."""
     points = ln.default_points(network)
     flops = {p: ln.point_metadata(network, p, size)["gflops_to_point"] for p in points}
-    x = torch.rand(batch, 3, size, size, device=device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = x.contiguous(memory_format=fmt)
+    x = torch.rand(batch, 3, size, size, device=device)  # NCHW input, as the tasks pass it
+    fmt = torch.channels_last if ln.uses_channels_last(network, memory_format) else torch.contiguous_format
 
     def build(pts: tuple[str, ...]) -> torch.nn.Module:
-        return ln.build_loss_network(network, pts, weights="random").to(device).to(memory_format=fmt)
+        return ln.build_loss_network(network, pts, weights="random", memory_format=memory_format).to(device)
 
     nets = {p: build((p,)) for p in points}
     fns: dict[str, Callable[[], Any]] = {p: forward_fn(nets[p], x, device, autocast) for p in points}
@@ -228,34 +228,33 @@ def print_network_table(rows: list[dict[str, Any]]) -> None:
 
 def probe_rows(cases: tuple[str, ...], batch: int, size: int, device: torch.device, rounds: int,
                min_time: float, grad: bool = False) -> list[dict[str, Any]]:
-    """no_grad (what the library does) vs inference_mode vs channels_last, same inputs, side by side;
-    with `grad`, also forward + backward to the input (the loss-network path of a training step)."""
+    """NCHW no_grad (the layout before) vs the library (channels_last weights, NCHW input) vs other
+    options, same inputs, side by side; with `grad`, also forward + backward to the input."""
     rows = []
     for case in cases:
         network, point = case.split(":", 1)
-        net = ln.build_loss_network(network, (point,), weights="random").to(device)
-        net_cl = ln.build_loss_network(network, (point,), weights="random").to(device)
-        net_cl.to(memory_format=torch.channels_last)
+        net = ln.build_loss_network(network, (point,), weights="random", memory_format="contiguous").to(device)
+        net_cl = ln.build_loss_network(network, (point,), weights="random", memory_format="channels_last").to(device)
         x = torch.rand(batch, 3, size, size, device=device)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             ref = net(x)[point]
-            got = net_cl(x_cl)[point]
+            got = net_cl(x)[point]
         err = float(((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)))
         fns = {
-            "no_grad": forward_fn(net, x, device),
-            "inference_mode": forward_fn(net, x, device, inference=True),
-            "channels_last": forward_fn(net_cl, x_cl, device),
-            "channels_last model only": forward_fn(net_cl, x, device),
+            "no_grad NCHW": forward_fn(net, x, device),
+            "inference_mode NCHW": forward_fn(net, x, device, inference=True),
+            "library (cl weights)": forward_fn(net_cl, x, device),
+            "cl weights + cl input": forward_fn(net_cl, x_cl, device),
         }
         if grad:
             fns["fwd+bwd NCHW"] = _backward_fn(net, x, point)
-            fns["fwd+bwd channels_last model"] = _backward_fn(net_cl, x, point)
+            fns["fwd+bwd library"] = _backward_fn(net_cl, x, point)
         best = side_by_side(fns, device, rounds, min_time)
         for k, t in best.items():
-            base = best["fwd+bwd NCHW"] if k.startswith("fwd+bwd") else best["no_grad"]
+            base = best["fwd+bwd NCHW"] if k.startswith("fwd+bwd") else best["no_grad NCHW"]
             rows.append({"case": case, "variant": k, "ms_batch": t * 1e3, "speedup": base / t,
-                         "max_rel_err": err if "channels_last" in k else 0.0})
+                         "max_rel_err": 0.0 if "NCHW" in k else err})
     return rows
 
 
@@ -283,7 +282,8 @@ def lpips_trunk_as_torchvision(ref: Any, tv_name: str, path: Path) -> Path:
     return path
 
 
-def lpips_pair(net_name: str, use_lin: bool, workdir: Path, device: torch.device) -> tuple[Any, PerceptualDistance]:
+def lpips_pair(net_name: str, use_lin: bool, workdir: Path, device: torch.device,
+               memory_format: str = "auto") -> tuple[Any, PerceptualDistance]:
     """(lpips.LPIPS, our PerceptualDistance) with the same random trunk and the same lin weights."""
     import lpips
 
@@ -291,7 +291,8 @@ def lpips_pair(net_name: str, use_lin: bool, workdir: Path, device: torch.device
     torch.manual_seed(0)
     ref = lpips.LPIPS(net=net_name, pnet_rand=True, lpips=use_lin, verbose=False).eval()
     weights = lpips_trunk_as_torchvision(ref, tv_name, workdir / f"{tv_name}.pth")
-    ours = PerceptualDistance(ln.build_loss_network(tv_name, points, weights=str(weights)), "lpips")
+    net = ln.build_loss_network(tv_name, points, weights=str(weights), memory_format=memory_format)
+    ours = PerceptualDistance(net, "lpips")
     if use_lin:
         ours.load_lpips_lin(Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net_name}.pth")
     return ref.to(device), ours.to(device).eval()
@@ -312,6 +313,8 @@ def check_equal(ref: Any, ours: PerceptualDistance, a: torch.Tensor, b: torch.Te
 
 def lpips_rows(nets: tuple[str, ...], batch: int, size: int, device: torch.device, rounds: int,
                min_time: float, grad: bool) -> tuple[list[dict[str, Any]], bool]:
+    """lpips vs ours as the library builds it (channels_last; the fixed input of fwd+bwd without a graph),
+    and vs ours built NCHW (`memory_format="contiguous"`, the layout before channels_last became the default)."""
     rows, all_equal = [], True
     g = torch.Generator().manual_seed(0)
     a = torch.rand(batch, 3, size, size, generator=g).to(device)
@@ -320,12 +323,11 @@ def lpips_rows(nets: tuple[str, ...], batch: int, size: int, device: torch.devic
         for net_name in nets:
             for use_lin in (False, True):
                 ref, ours = lpips_pair(net_name, use_lin, Path(tmp), device)
-                ok, rel = check_equal(ref, ours, a, b, rtol=1e-5, atol=1e-7)
-                ours_cl = lpips_pair(net_name, use_lin, Path(tmp), device)[1].to(memory_format=torch.channels_last)
-                ok_cl, rel_cl = check_equal(ref, ours_cl, a, b, rtol=1e-4, atol=1e-6)
+                ok, rel = check_equal(ref, ours, a, b, rtol=1e-4, atol=1e-6)
+                nchw = lpips_pair(net_name, use_lin, Path(tmp), device, memory_format="contiguous")[1]
                 config = f"{net_name} {'lin' if use_lin else 'baseline'}"
                 row: dict[str, Any] = {"config": config, "layers": len(ours.net.points), "equal": ok,
-                                       "max_rel_diff": rel, "equal_cl": ok_cl, "max_rel_diff_cl": rel_cl}
+                                       "max_rel_diff": rel}
                 all_equal &= ok
                 if not ok:
                     print(f"FAIL  {config}: our distance differs from lpips (max rel diff {rel:.2e}); not timed",
@@ -335,51 +337,13 @@ def lpips_rows(nets: tuple[str, ...], batch: int, size: int, device: torch.devic
                 modes = [("no_grad", False)] + ([("fwd+bwd", True)] if grad else [])
                 for mode, with_grad in modes:
                     fns = {"lpips": _distance_fn(lambda x0, x1: ref(x0, x1, normalize=True), a, b, with_grad),
-                           "ours": _distance_fn(lambda x0, x1: ours(x0, x1)["total"], a, b, with_grad)}
-                    if ok_cl:
-                        fns["ours+cl"] = _distance_fn(lambda x0, x1: ours_cl(x0, x1)["total"], a, b, with_grad)
-                    if with_grad and check_split(ours, a, b):
-                        fns["split"] = _distance_fn(lambda x0, x1: split_total(ours, x0, x1), a, b, True)
-                        if ok_cl:
-                            fns["split+cl"] = _distance_fn(lambda x0, x1: split_total(ours_cl, x0, x1), a, b, True)
+                           "ours": _distance_fn(lambda x0, x1: ours(x0, x1)["total"], a, b, with_grad),
+                           "nchw": _distance_fn(lambda x0, x1: nchw(x0, x1)["total"], a, b, with_grad)}
                     best = side_by_side(fns, device, rounds, min_time)
-                    nan = float("nan")
                     rows.append({**row, "mode": mode, "lpips_ms": best["lpips"] * 1e3, "ours_ms": best["ours"] * 1e3,
-                                 "speedup": best["lpips"] / best["ours"],
-                                 "ours_cl_ms": best.get("ours+cl", nan) * 1e3,
-                                 "speedup_cl": best["lpips"] / best.get("ours+cl", nan),
-                                 "split_ms": best.get("split", nan) * 1e3,
-                                 "speedup_split": best["lpips"] / best.get("split", nan),
-                                 "split_cl_ms": best.get("split+cl", nan) * 1e3,
-                                 "speedup_split_cl": best["lpips"] / best.get("split+cl", nan)})
+                                 "speedup": best["lpips"] / best["ours"], "nchw_ms": best["nchw"] * 1e3,
+                                 "speedup_nchw": best["lpips"] / best["nchw"]})
     return rows, all_equal
-
-
-def split_total(dist: PerceptualDistance, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-    """A suggested PerceptualDistance.forward for the loss use, where only x0 needs a gradient: x1 goes through
-    the network on its own under no_grad (as `feature_mse` already does for its target), instead of one
-    concatenated pass whose backward also runs through x1's half."""
-    with torch.no_grad():
-        f1 = dist.net(x1)
-    f0 = dist.net(x0)
-    total = torch.zeros((), device=x0.device)
-    for p in f0:
-        key = p.replace(".", "__")
-        total = total + lpips_point(f0[p], f1[p], dist.lin[key] if key in dist.lin else None)
-    return total
-
-
-def check_split(dist: PerceptualDistance, a: torch.Tensor, b: torch.Tensor) -> bool:
-    """split_total gives the same distances and the same input gradient as PerceptualDistance itself."""
-    x, y = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
-    d_ours = dist(x, b)["total"]
-    d_ours.sum().backward()
-    d_split = split_total(dist, y, b)
-    d_split.sum().backward()
-    ok = torch.allclose(d_ours, d_split, rtol=1e-5, atol=1e-7) and torch.allclose(x.grad, y.grad, rtol=1e-4, atol=1e-8)
-    if not ok:
-        print("note: the split variant differs from PerceptualDistance; not timed")
-    return ok
 
 
 def _distance_fn(dist: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor,
@@ -402,18 +366,14 @@ def _distance_fn(dist: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: 
 
 def print_lpips_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'config':<18}{'layers':>7}{'equal (max rel diff)':>22}{'mode':>9}{'lpips ms':>10}{'ours ms':>9}"
-          f"{'speedup':>9}{'ours+cl ms':>12}{'speedup cl':>11}"
-          + (f"{'split ms':>10}{'spd split':>10}{'split+cl ms':>12}{'spd s+cl':>10}"
-             if any(r.get("mode") == "fwd+bwd" for r in rows) else ""))
+          f"{'speedup':>9}{'NCHW ms':>9}{'spd NCHW':>9}")
     for r in rows:
         eq = f"{'yes' if r['equal'] else 'NO'} ({r['max_rel_diff']:.1e})"
         if "mode" not in r:
             print(f"{r['config']:<18}{r['layers']:>7}{eq:>22}  (not timed)")
             continue
         print(f"{r['config']:<18}{r['layers']:>7}{eq:>22}{r['mode']:>9}{r['lpips_ms']:>10.1f}{r['ours_ms']:>9.1f}"
-              f"{r['speedup']:>9.2f}{r['ours_cl_ms']:>12.1f}{r['speedup_cl']:>11.2f}"
-              + (f"{r['split_ms']:>10.1f}{r['speedup_split']:>10.2f}{r['split_cl_ms']:>12.1f}{r['speedup_split_cl']:>10.2f}"
-                 if r["mode"] == "fwd+bwd" else ""))
+              f"{r['speedup']:>9.2f}{r['nchw_ms']:>9.1f}{r['speedup_nchw']:>9.2f}")
 
 
 # ------------------------------------------------------------------------------------------ profile
@@ -423,11 +383,9 @@ def profile_top(network: str, point: str, batch: int, size: int, device: torch.d
                 top: int = 8) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    net = ln.build_loss_network(network, (point,), weights="random").to(device)
+    layout = "channels_last" if channels_last else "contiguous"
+    net = ln.build_loss_network(network, (point,), weights="random", memory_format=layout).to(device)
     x = torch.rand(batch, 3, size, size, device=device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
     fn = forward_fn(net, x, device)
     fn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -470,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off", help="section 1 only")
-    ap.add_argument("--channels-last", action="store_true",
-                    help="section 1 with networks and input in channels_last (the suggested optimisation)")
+    ap.add_argument("--memory-format", choices=ln.MEMORY_FORMATS, default="auto",
+                    help="section 1: the networks' layout (auto = what the library does: channels_last for the paper's families)")
     ap.add_argument("--skip", nargs="+", default=[], choices=("networks", "probes", "lpips", "profile"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -491,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if "networks" not in args.skip:
         print(f"\n## 1. forward throughput per point: batch {args.batch_size} @ {args.size} px, "
-              f"autocast {args.autocast}, {'channels_last' if args.channels_last else 'NCHW'}, vs a {args.matmul_n}x{args.matmul_n} "
+              f"autocast {args.autocast}, memory format {args.memory_format}, vs a {args.matmul_n}x{args.matmul_n} "
               f"{'float32' if args.autocast == 'off' else args.autocast} matmul "
               f"(fastest of interleaved calls, >= {args.rounds} each)")
         print("ratio = GFLOP/s / matmul GFLOP/s; cost sh = time / time of the deepest point; "
@@ -500,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         all_rows = []
         for network in networks:
             rows = network_rows(network, args.batch_size, args.size, device, args.rounds, args.min_time,
-                                args.matmul_n, args.autocast, args.channels_last)
+                                args.matmul_n, args.autocast, args.memory_format)
             all_rows.extend(rows)
             print_network_table(rows)
             print(flush=True)
@@ -532,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "probes" not in args.skip:
         cases = QUICK_PROBES if args.quick else PROBE_CASES
-        print(f"\n## 2. probes (suggestions outside the library): batch {args.batch_size} @ {args.size} px, "
-              f"speedup vs no_grad NCHW (what LossNetwork does now)")
+        print(f"\n## 2. probes: batch {args.batch_size} @ {args.size} px, speedup vs no_grad NCHW "
+              f"(the layout before; 'library' = what LossNetwork does now)")
         rows = probe_rows(cases, args.batch_size, args.size, device, args.rounds, args.min_time, args.grad)
         print(f"{'case':<28}{'variant':<28}{'ms/batch':>10}{'speedup':>9}{'max rel err':>13}")
         for r in rows:
@@ -543,10 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     if "lpips" not in args.skip:
         nets = tuple(args.lpips_nets or (("alex",) if args.quick else tuple(LPIPS_POINTS)))
         print(f"\n## 3. our lpips distance vs the lpips package: {args.lpips_batch} pairs @ {args.lpips_size} px, "
-              f"same random trunk, outputs checked equal first (rtol 1e-5, atol 1e-7; channels_last: rtol 1e-4)")
-        print("speedup = lpips ms / ours ms; ours+cl = ours with .to(memory_format=torch.channels_last); split = x1 "
-              "through the network under no_grad, apart from x0 (fwd+bwd only); cl and split are suggestions, not what "
-              "the library does")
+              f"same random trunk, outputs checked equal first (rtol 1e-4, atol 1e-6)")
+        print("speedup = lpips ms / ours ms (ours = the library: channels_last, and in fwd+bwd the fixed input without "
+              "a graph); NCHW = ours built with memory_format='contiguous'")
         rows, equal = lpips_rows(nets, args.lpips_batch, args.lpips_size, device, args.rounds, args.min_time,
                                  args.grad)
         print_lpips_table(rows)
@@ -558,20 +515,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(("MISS", f"our distance >= {TARGET_LPIPS_SPEEDUP}x the lpips package at equal output",
                             f"worst {worst['speedup']:.2f} ({worst['config']}, {worst['mode']})",
                             worst["speedup"] >= TARGET_LPIPS_SPEEDUP))
-            cl = [r for r in timed if r["speedup_cl"] == r["speedup_cl"]]
-            if cl:
-                w = min(cl, key=lambda r: r["speedup_cl"])
-                print(f"with channels_last (suggestion): worst speedup {w['speedup_cl']:.2f} ({w['config']}, {w['mode']})")
-            best_of = [max(r["speedup_cl"], r["speedup_split_cl"] if r["mode"] == "fwd+bwd" else 0) for r in cl]
-            if any(r["mode"] == "fwd+bwd" for r in cl):
-                print(f"with channels_last, and split for fwd+bwd (suggestions): worst speedup {min(best_of):.2f}")
         if not equal:
             exit_code = 1
 
     if "profile" not in args.skip and not args.quick:
         for cl in (False, True):
             print(f"\n## 4. profile: vgg16 up to features.29, batch {args.batch_size} @ {args.size} px, "
-                  f"{'channels_last' if cl else 'NCHW (as the library runs it)'}")
+                  f"{'channels_last (as the library runs it)' if cl else 'NCHW'}")
             print(profile_top("vgg16", "features.29", args.batch_size, args.size, device, cl, top=10))
 
     print(f"\n## targets  ({load_line()}; {time.perf_counter() - started:.0f} s)")

@@ -174,6 +174,8 @@ def child(job_path: Path) -> int:
 
     driver._init_ray = timed("ray_init", driver._init_ray)
     driver.run_batch = timed("fit", driver.run_batch)
+    if job.get("plan_order"):
+        driver.longest_first = list  # the A/B of --plan-order: Tune gets the trials in plan order
     ray.shutdown = timed("ray_shutdown", ray.shutdown)
     spec = load_spec(job["spec"], storage=job["storage"])
     t0 = time.perf_counter()
@@ -200,10 +202,11 @@ def child(job_path: Path) -> int:
     return 0
 
 
-def run_child(spec_path: Path, storage: Path, log: Path) -> dict[str, Any]:
+def run_child(spec_path: Path, storage: Path, log: Path, plan_order: bool = False) -> dict[str, Any]:
     job = storage.with_suffix(".job.json")
     out = storage.with_suffix(".result.json")
-    job.write_text(json.dumps({"spec": str(spec_path), "storage": str(storage), "out": str(out)}))
+    job.write_text(json.dumps({"spec": str(spec_path), "storage": str(storage), "out": str(out),
+                               "plan_order": plan_order}))
     start = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(job)], stdout=f,
@@ -328,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: both; none = only the fixed-cost probes")
     ap.add_argument("--no-fixed-costs", action="store_true", help="skip the fixed-cost probes (imports, MLflow store)")
     ap.add_argument("--slots", type=int, default=min(2, os.cpu_count() or 1), help="trials at once in the parallel run")
+    ap.add_argument("--plan-order", action="store_true",
+                    help="start trials in plan order instead of the driver's longest-first (the A/B for that choice)")
     ap.add_argument("--workdir", help="keep the studies here (default: a temporary directory, removed)")
     args = ap.parse_args(argv)
     if args.child:
@@ -373,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         spec_path = spec_seq if run == "sequential" else spec_par
         print(f"\n## {run} study: Ray Tune + MLflow (SQLite), {slots} trial(s) at once, fresh child process "
               f"(log: {workdir / (run + '.log')})", flush=True)
-        res = run_child(spec_path, workdir / f"study-{run}", workdir / f"{run}.log")
+        res = run_child(spec_path, workdir / f"study-{run}", workdir / f"{run}.log", args.plan_order)
         s = summarise(run, res, inproc, slots)
         summaries.append(s)
         print_runs([s])

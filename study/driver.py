@@ -12,12 +12,14 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from study import tracking
-from study.plan import PlannedTrial, ensure_synthetic_data, expand, save_plan
+from study.plan import PlannedTrial, ensure_synthetic_data, expand, longest_first, save_plan
 from study.spec import StudySpec, save_spec
 from trainables.errors import UserError
 
@@ -176,6 +178,58 @@ def coverage(plan: list[PlannedTrial], runs: dict[str, Any]) -> dict[str, Any]:
     return counts
 
 
+@dataclass
+class Launch:
+    """What the driver knows once the store is ready: where to log, the plan, and what is left to run."""
+
+    c: Any
+    experiment_id: str
+    parent_id: str
+    plan: list[PlannedTrial]
+    todo: list[PlannedTrial]
+
+
+def _prepare(spec: StudySpec, tracking_uri: str) -> Launch:
+    """Create or open the store and experiment, save the spec and plan, and find the unfinished trials."""
+    experiment_id = tracking.init_experiment(tracking_uri, spec.name, spec.study_dir)
+    save_spec(spec)
+    for root in ensure_synthetic_data(spec):
+        print(f"dpl: generated synthetic data in {root}", file=sys.stderr)
+    plan = expand(spec)
+    save_plan(spec, plan)
+    c = tracking.client(tracking_uri)
+    parent_id = tracking.parent_run(c, experiment_id, spec.name)
+    c.update_run(parent_id, status=tracking.RUNNING)
+    tracking.log_plan(c, parent_id, [t.summary() for t in plan])
+    runs = tracking.runs_by_key(c, experiment_id)
+    todo = [t for t in plan if not (t.key in runs and runs[t.key].info.status == tracking.FINISHED)]
+    return Launch(c, experiment_id, parent_id, plan, todo)
+
+
+def _prepare_and_start_ray(spec: StudySpec, tracking_uri: str, ray_address: str | None) -> tuple[Launch, bool]:
+    """`_prepare`, and Ray if anything is left to run; (launch, whether this process started Ray).
+
+    On a new local store every trial is still to run, so Ray starts while MLflow creates the store in a
+    thread: both take seconds (schema migrations 2-4 s, ray.init 3-4 s on 2 cores) and neither needs the
+    other. An existing store is opened first, so a relaunch of a finished study never starts Ray.
+    """
+    search = spec.raw["search"]["type"] == "optuna"
+    if not tracking.is_new_local_store(tracking_uri):
+        launch = _prepare(spec, tracking_uri)
+        return launch, (_init_ray(spec, ray_address) if launch.todo or search else False)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpl-mlflow-setup") as pool:
+        pending = pool.submit(_prepare, spec, tracking_uri)
+        started_ray = _init_ray(spec, ray_address)
+        try:
+            return pending.result(), started_ray
+        except BaseException:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+            raise
+
+
 def run_study(
     spec: StudySpec,
     tracking_uri: str | None = None,
@@ -192,45 +246,31 @@ def run_study(
     with study_lock(study_dir):
         tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
         expand(spec)  # validate every trial (networks, points, settings) before anything is written
-        experiment_id = tracking.init_experiment(tracking_uri, spec.name, study_dir)
-        save_spec(spec)
-        made = ensure_synthetic_data(spec)
+        launch, started_ray = _prepare_and_start_ray(spec, tracking_uri, ray_address)
+        c, experiment_id, plan, todo = launch.c, launch.experiment_id, launch.plan, launch.todo
         weights_note = " (random loss-network weights: nothing can be downloaded here)" if spec.raw["weights"] == "random" else ""
-        for root in made:
-            print(f"dpl: generated synthetic data in {root}", file=sys.stderr)
-        plan = expand(spec)
-        save_plan(spec, plan)
-        c = tracking.client(tracking_uri)
-        parent_id = tracking.parent_run(c, experiment_id, spec.name)
-        c.update_run(parent_id, status=tracking.RUNNING)
-        tracking.log_plan(c, parent_id, [t.summary() for t in plan])
-        runs = tracking.runs_by_key(c, experiment_id)
-        todo = [t for t in plan if not (t.key in runs and runs[t.key].info.status == tracking.FINISHED)]
         print(f"dpl: study {spec.name!r} in {study_dir}: {len(plan)} trials planned, "
               f"{len(plan) - len(todo)} already finished, {len(todo)} to run{weights_note}", file=sys.stderr)
         print(f"dpl: MLflow store {tracking_uri} (experiment {spec.name!r}); inspect with "
               f"`mlflow ui --backend-store-uri {tracking_uri}`", file=sys.stderr)
         study_info = {
             "name": spec.name, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
-            "parent_run_id": parent_id, "study_dir": str(study_dir), "git_commit": git_commit(),
+            "parent_run_id": launch.parent_id, "study_dir": str(study_dir), "git_commit": git_commit(),
             "cpus_per_trial": spec.raw["resources"]["cpu"],
         }
-        started_ray = False
         try:
-            if todo or spec.raw["search"]["type"] == "optuna":
-                started_ray = _init_ray(spec, ray_address)
-                if spec.raw["search"]["type"] == "optuna":
-                    from study.search import run_optuna
+            if started_ray and spec.raw["search"]["type"] == "optuna":
+                from study.search import run_optuna
 
-                    run_optuna(spec, study_info, c, experiment_id)
-                else:
-                    results = run_batch(spec, todo, study_info)
-                    close_orphans(c, experiment_id, {t.key for t in todo}, results)
+                run_optuna(spec, study_info, c, experiment_id)
+            elif started_ray and todo:
+                results = run_batch(spec, longest_first(todo), study_info)
+                close_orphans(c, experiment_id, {t.key for t in todo}, results)
         finally:
             runs = tracking.runs_by_key(c, experiment_id)
             cov = coverage(plan, runs) if spec.raw["search"]["type"] == "grid" else _search_coverage(runs)
-            tracking.log_plan(c, parent_id, [t.summary() for t in plan], cov)
-            c.set_terminated(parent_id, status=tracking.FINISHED)
+            tracking.log_plan(c, launch.parent_id, [t.summary() for t in plan], cov)
+            c.set_terminated(launch.parent_id, status=tracking.FINISHED)
             if started_ray:
                 import ray
 

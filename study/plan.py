@@ -121,6 +121,13 @@ def expand(spec: StudySpec) -> list[PlannedTrial]:
     return list(trials.values())
 
 
+def longest_first(trials: list[PlannedTrial]) -> list[PlannedTrial]:
+    """The trials ordered by their task's RELATIVE_COST (default 1), most expensive first, plan order kept
+    within a cost. Tune starts grid trials in list order, so a long trial started last would leave the
+    other slots idle at the end of a launch (the smoke preset's superres trial is 55 % of its compute)."""
+    return sorted(trials, key=lambda t: -float(getattr(task_module(t.config.task), "RELATIVE_COST", 1.0)))
+
+
 def save_plan(spec: StudySpec, trials: list[PlannedTrial]) -> Path:
     path = spec.study_dir / "plan.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,11 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
+def is_new_local_store(tracking_uri: str) -> bool:
+    """A SQLite store that does not exist yet: creating it (MLflow's schema migrations) takes seconds."""
+    return tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists()
+
+
 def init_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
     """Create (once, on the driver) the store and the study's experiment; returns its id."""
     check_reachable(tracking_uri)

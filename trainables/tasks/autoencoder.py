@@ -36,6 +36,8 @@ DATASETS = ("svhn", "stl10")
 VARIANTS = ("default",)
 METRICS = {"probe/best_val_test_acc": "max", "probe/mean_test_acc": "max", "probe/max_test_acc": "max"}
 PRIMARY_METRIC = "probe/best_val_test_acc"
+#: Wall time relative to a similarity trial (smoke, 2 cores: 4.5 s vs ~1 s); see study.plan.longest_first.
+RELATIVE_COST = 4.0
 #: network "none" = the pixel-MSE baseline autoencoder (no loss network is built).
 NETWORKLESS_OK = (NO_NETWORK,)
 #: SVHN's 32x32 crops are reflect-padded by this much on each side, to 64x64 (as the reference does).

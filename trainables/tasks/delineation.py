@@ -41,6 +41,8 @@ DATASETS = ("mass_roads",)
 VARIANTS = ("default",)
 METRICS = {"test/quality": "max", "test/correctness": "max", "test/completeness": "max"}
 PRIMARY_METRIC = "test/quality"
+#: Wall time relative to a similarity trial (smoke, 2 cores: 0.9 s vs ~1 s); see study.plan.longest_first.
+RELATIVE_COST = 1.0
 
 _COMMON: dict[str, Any] = {
     "lr": 1e-3,
