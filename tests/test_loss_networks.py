@@ -115,12 +115,43 @@ def test_memory_format_auto_is_channels_last_only_where_safe() -> None:
         ln.build_loss_network("resnet18", ["layer1"], weights="random", memory_format="nhwc")
 
 
+def test_batchnorm_folded_only_for_a_frozen_eval_trunk(tmp_path) -> None:
+    """Eval mode folds Conv->BN pairs (equal outputs at every point are checked against torchvision in
+    test_points_equal_torchvision_children_in_sequence); train mode and a trunk to be trained keep them."""
+    def bns(net: ln.LossNetwork) -> int:
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.body.modules())
+
+    assert bns(ln.build_loss_network("efficientnet_b0", "all", weights="random")) == 0  # inside leaf blocks too
+    assert bns(ln.build_loss_network("resnet18", "all", weights="random", mode="train")) > 0
+    assert bns(ln.build_loss_network("resnet18", "all", weights="random", fold_batchnorm=False)) > 0
+    model = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():  # non-trivial statistics, so that BN is far from the identity
+        model.bn1.running_mean.uniform_(-1, 1)
+        model.bn1.running_var.uniform_(0.5, 2)
+        model.bn1.weight.uniform_(0.5, 2)
+        model.bn1.bias.uniform_(-1, 1)
+    torch.save(model.state_dict(), tmp_path / "r18.pth")
+    w = str(tmp_path / "r18.pth")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = ln.build_loss_network("resnet18", ["conv1", "bn1"], weights=w, fold_batchnorm=False)(x)
+        folded = ln.build_loss_network("resnet18", ["bn1"], weights=w)
+        assert bns(folded) == 0
+        kept = ln.build_loss_network("resnet18", ["conv1", "bn1"], weights=w)
+        assert bns(kept) == 1  # conv1 is itself a point: its output must stay the raw convolution
+        got = {**kept(x), "folded bn1": folded(x)["bn1"]}
+    for p, ref in (("conv1", "conv1"), ("bn1", "bn1"), ("folded bn1", "bn1")):
+        expected = plain[ref]
+        torch.testing.assert_close(got[p], expected, rtol=1e-5, atol=1e-5 * max(1.0, expected.abs().max().item()))
+    assert not torch.allclose(plain["conv1"], plain["bn1"], atol=1e-2)
+
+
 def test_eval_mode_survives_deepcopy() -> None:
     """copy.deepcopy of an FX GraphModule comes back in training mode; the copy must still use running
     BatchNorm statistics (same output as the original, running stats untouched)."""
     import copy
 
-    net = ln.build_loss_network("resnet18", ["layer1"], weights="random")
+    net = ln.build_loss_network("resnet18", ["layer1"], weights="random", fold_batchnorm=False)
     twin = copy.deepcopy(net)
     x = torch.rand(2, 3, 64, 64)
     before = twin.body.get_submodule("bn1").running_mean.clone()

@@ -392,3 +392,14 @@ def test_download_fails_clearly_offline(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(DataError, match="offline"):
         bapps.download(tmp_path)
     assert seen[0].startswith("https://people.eecs.berkeley.edu/~rich.zhang/projects/2018_perceptual/dataset/")
+
+
+def test_trained_trunk_keeps_its_batchnorms(tmp_path: Path) -> None:
+    """Folding BN into convolutions is for frozen trunks: `tune` trains the trunk as torchvision built it."""
+    def bns(variant: str) -> int:
+        cfg = TrialConfig(task="similarity", network="resnet18", points=("layer1",), weights="random",
+                          variant=variant, budget="smoke", params={}, data_root=str(tmp_path), device="cpu")
+        dist, _ = similarity.build_metric(cfg)
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in dist.net.body.modules())
+
+    assert bns("tune") > 0 and bns("lin") == 0

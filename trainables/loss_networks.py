@@ -366,11 +366,14 @@ def build_loss_network(
     transform_input: str = "auto",
     seed: int = 0,
     memory_format: str = "auto",
+    fold_batchnorm: bool | None = None,
 ) -> LossNetwork:
     """Frozen extractor of `points` of `name`, pruned after the deepest one.
 
     `memory_format`: "auto" (channels_last for the paper's convolutional families, NCHW otherwise),
-    "channels_last" or "contiguous".
+    "channels_last" or "contiguous". `fold_batchnorm` (default: when `mode="eval"`): fold each eval-mode
+    BatchNorm into the convolution before it; same function, one memory pass less per BN layer. Pass
+    False when the trunk itself will be trained (the fold changes its parametrisation).
     """
     check_network(name)
     pts = check_points(name, resolve_points(name, points))
@@ -382,7 +385,31 @@ def build_loss_network(
             model.transform_input = uses_transform_input(name, weights, transform_input)
         model.eval()
         body = feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in pts})
+    if mode == "eval" if fold_batchnorm is None else fold_batchnorm:
+        body = fold_batchnorms(body)
     return LossNetwork(name, pts, body, normalisation, mode, channels_last=uses_channels_last(name, memory_format))
+
+
+def fold_batchnorms(body: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Conv -> BatchNorm pairs folded into one convolution with the BN's running statistics (torch.fx's
+    own `fuse`). Eval-mode BN is an affine map, so the function is unchanged (float32 rounding aside);
+    what goes is a full read and write of the activation per BN layer, which at the early, high-resolution
+    points is a large share of the time (efficientnet_b0 up to features.1: BN 29 % of the forward, profiled
+    in docs/benchmarks/lossnet.md). A conv whose output is itself a point (or feeds anything else) is
+    left alone, so every requested feature map keeps its meaning."""
+    from torch.fx.experimental.optimization import fuse
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    body.eval()
+    body = fuse(body, inplace=True, no_trace=True)
+    # torchvision's Conv2dNormActivation is a leaf of the feature extractor's graph: fold inside it too
+    for seq in body.modules():
+        if isinstance(seq, nn.Sequential):
+            for i in range(len(seq) - 1):
+                conv, bn = seq[i], seq[i + 1]
+                if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                    seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    return body
 
 
 #: Buffers a meta-built model may hold for the fast random path; any other buffer (Swin's relative
@@ -438,8 +465,8 @@ def seeded_init(module: nn.Module, seed: int) -> None:
                 nn.init.zeros_(bias)
 
 
-def build_from_config(config: Any) -> LossNetwork:
-    """The loss network a TrialConfig asks for."""
+def build_from_config(config: Any, fold_batchnorm: bool | None = None) -> LossNetwork:
+    """The loss network a TrialConfig asks for (`fold_batchnorm=False` for a trunk that will be trained)."""
     return build_loss_network(
         config.network,
         config.points,
@@ -448,6 +475,7 @@ def build_from_config(config: Any) -> LossNetwork:
         mode=config.mode,
         transform_input=config.transform_input,
         seed=config.seed,
+        fold_batchnorm=fold_batchnorm,
     )
 
 

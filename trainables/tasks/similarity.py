@@ -97,8 +97,9 @@ def build_metric(config: TrialConfig) -> tuple[PerceptualDistance, bool]:
     `scratch` always starts from random weights whatever `weights` says (that is the variant's meaning);
     `tune`/`scratch` re-enable gradients on the trunk that LossNetwork froze.
     """
-    net = build_from_config(config)  # `scratch` configs carry weights=random (resolve_config)
     train_trunk = config.variant in ("tune", "scratch")
+    # `scratch` configs carry weights=random (resolve_config); a trained trunk keeps its BatchNorms
+    net = build_from_config(config, fold_batchnorm=False if train_trunk else None)
     if train_trunk:
         for p in net.body.parameters():
             p.requires_grad_(True)
