@@ -137,8 +137,9 @@ _RESNET_PREFIX = {"relu": 3, "layer1": 5, "layer2": 6, "layer3": 7, "layer4": 8}
 
 
 def plain_prefix(network: str, point: str, device: torch.device) -> torch.nn.Module | None:
-    """The layers up to `point` as a hand-made nn.Sequential (normalisation first), or None where the
-    network has no sequential spine. The reference for "an early point pays only for its own prefix"."""
+    """The layers up to `point` as a hand-made nn.Sequential (normalisation first; BatchNorms folded as the
+    library folds them), or None where the network has no sequential spine. The reference for "an early
+    point pays only for its own prefix"."""
     import torchvision
 
     with torch.device("meta"):
@@ -164,7 +165,8 @@ def plain_prefix(network: str, point: str, device: torch.device) -> torch.nn.Mod
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.body((x - mean) / std)
 
-    return Prefix()
+    # the same layers as the library runs them: Conv->BN folded (frozen, eval mode)
+    return ln.fold_batchnorms(torch.fx.symbolic_trace(Prefix()))
 
 
 def network_rows(network: str, batch: int, size: int, device: torch.device, rounds: int, min_time: float,
