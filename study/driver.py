@@ -102,7 +102,7 @@ def _init_ray(spec: StudySpec, address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    passed = ("TORCH_HOME", "DPL_CACHE_DIR", "DPL_TASKS", "PYTHONPATH")
+    passed = ("TORCH_HOME", "DPL_CACHE_DIR", "DPL_TASKS", "PYTHONPATH", *tracking.CREDENTIAL_ENV)
     env = {**STUDY_ENV, **{k: v for k, v in os.environ.items() if k in passed}}
     kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env},
                               "log_to_driver": True, "configure_logging": False}

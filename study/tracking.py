@@ -36,7 +36,25 @@ def artifact_location(study_dir: Path) -> str:
     return (Path(study_dir).resolve() / "mlartifacts").as_uri()
 
 
+#: MLflow's own client settings for an authenticated server; the driver hands them to every worker
+#: through Ray's runtime env (never through the trial config, which Tune writes into the study directory).
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                  "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
+
+
+def refuse_credentials_in_uri(tracking_uri: str) -> None:
+    """A user:password@ in the URI would be copied into every trial's config (Tune writes it to disk),
+    the saved spec and the driver's log lines; MLflow reads credentials from the environment instead."""
+    if urllib.parse.urlparse(tracking_uri).password is not None:
+        raise UserError(
+            "the tracking URI carries a password, which would be written into the study's files and logs: "
+            "use http(s)://host:port and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+            "(or MLFLOW_TRACKING_TOKEN) in the environment instead"
+        )
+
+
 def client(tracking_uri: str):  # -> MlflowClient (import kept lazy: mlflow costs 2 s)
+    refuse_credentials_in_uri(tracking_uri)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
@@ -45,6 +63,7 @@ def client(tracking_uri: str):  # -> MlflowClient (import kept lazy: mlflow cost
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
     """Refuse an http(s) tracking server that does not answer, before any trial starts."""
+    refuse_credentials_in_uri(tracking_uri)
     parsed = urllib.parse.urlparse(tracking_uri)
     if parsed.scheme not in ("http", "https"):
         return

@@ -227,6 +227,33 @@ def test_unreachable_tracking_server_refused_before_any_trial(capsys, finished_s
     assert _fingerprint(finished_study / "study") == before
 
 
+def test_password_in_tracking_uri_refused_and_not_echoed(capsys, finished_study) -> None:
+    before = _fingerprint(finished_study / "study")
+    line = expect_error(capsys, ["run", str(finished_study / "spec.yaml"), "--storage", str(finished_study / "study"),
+                                 "--tracking-uri", "http://alice:hunter2@127.0.0.1:9"], "MLFLOW_TRACKING_PASSWORD")
+    assert "hunter2" not in line
+    assert _fingerprint(finished_study / "study") == before
+
+
+def test_mlflow_credentials_reach_workers_through_the_runtime_env(monkeypatch, tmp_path) -> None:
+    """Credentials travel in Ray's runtime env, not in the trial config that Tune writes to disk."""
+    import ray
+
+    from study import driver
+    from study.spec import load_spec
+
+    seen: dict = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text("name: s\ntasks: {similarity: {}}\n")
+    assert driver._init_ray(load_spec(spec_file, storage=tmp_path / "study"), None) is True
+    env = seen["runtime_env"]["env_vars"]
+    assert env["MLFLOW_TRACKING_USERNAME"] == "alice" and env["MLFLOW_TRACKING_PASSWORD"] == "hunter2"
+
+
 @pytest.mark.parametrize("err", ["EROFS", "ENOSPC"])
 def test_read_only_or_full_disk(capsys, finished_study, tmp_path, monkeypatch, err) -> None:
     """CI runs as root, where permissions do not stop writes: inject the kernel's error instead."""
