@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,19 @@ EXIT_USER_ERROR = 2
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    """Strict JSON (jq, JavaScript): a non-finite number, e.g. the PSNR of identical images, becomes the
+    string "inf"/"-inf"/"nan" instead of Python's bare Infinity/NaN tokens."""
+    print(json.dumps(_json_safe(obj), indent=2, default=str, allow_nan=False))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -48,3 +48,17 @@ def test_eval_roads_cli(tmp_path, capsys) -> None:
     (tmp_path / "pred" / "t.png").rename(tmp_path / "pred" / "u.png")
     assert main(args) == 2
     assert "no label" in capsys.readouterr().err
+
+
+def test_eval_superres_identical_images_is_strict_json(tmp_path, photos, capsys) -> None:
+    """PSNR of identical images is infinite (as in scikit-image); --json must stay parseable by strict
+    parsers, so it prints "inf" rather than Python's bare Infinity token."""
+    hr = np.asarray(Image.open(photos["coffee"]).convert("RGB"))[:64, :64]
+    for d in ("hr", "sr"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(hr).save(tmp_path / d / "coffee.png")
+    assert main(["eval", "superres", "--sr", str(tmp_path / "sr"), "--hr", str(tmp_path / "hr"), "--scale", "4",
+                 "--json"]) == 0
+    text = capsys.readouterr().out
+    out = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"non-strict token {c}")))
+    assert "inf" in [v for k, v in out.items() if "psnr" in k]
