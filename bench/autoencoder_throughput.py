@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -21,6 +20,8 @@ from torch.nn import functional as F
 from trainables import distances
 from trainables.loss_networks import build_loss_network
 from trainables.tasks.autoencoder import SIZES, ConvAutoencoder
+
+from _step_timer import time_steps
 
 #: (network, point): the pixel baseline, the paper's best family (VGG, an early and a late point), a
 #: BatchNorm ResNet and the largest network of the study.
@@ -41,18 +42,8 @@ def measure(network: str, point: str, size: int, batch: int, steps: int, device:
         loss.backward()
         opt.step()
 
-    for _ in range(2):  # warm-up: cuDNN autotuning, allocator growth
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - t
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    elapsed, peak_bytes = time_steps(step, steps, device, warmup=2)
+    peak = peak_bytes / 2**30
     return {"images_per_s": steps * batch / elapsed, "ms_per_step": 1e3 * elapsed / steps, "peak_gib": peak}
 
 

@@ -15,7 +15,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 DEFAULT_CASES = ("vgg16:features.3", "resnet50:layer2", "efficientnet_b0:features.4")
 
@@ -26,6 +25,8 @@ def one(network: str, point: str, crop: int, batch: int, K: int, steps: int, dev
     from trainables import loss_networks as ln
     from trainables.tasks.delineation import Refiner, delineation_loss
     from trainables.trial import pick_device
+
+    from _step_timer import time_steps
 
     dev = pick_device(device)
     torch.manual_seed(0)
@@ -42,18 +43,9 @@ def one(network: str, point: str, crop: int, batch: int, K: int, steps: int, dev
         loss.backward()
         opt.step()
 
-    step()  # warm-up (allocator, cuDNN autotuning)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    dt = time.perf_counter() - t
+    dt, peak_bytes = time_steps(step, steps, dev, warmup=1)
     peak = (
-        torch.cuda.max_memory_allocated(dev) / 2**20
+        peak_bytes / 2**20
         if dev.type == "cuda"
         else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024  # KiB on Linux
     )
