@@ -24,8 +24,10 @@ class TuneMlflowReporter:
     """Reporter for a trial under Ray Tune, logging to the trial's MLflow run.
 
     Metrics are logged before the checkpoint is copied, so a kill in between loses no metric; the resumed
-    trial then re-runs that epoch from the previous checkpoint, and `logged_through` keeps it from being
-    logged a second time (each step of a run's history appears once).
+    trial then re-runs that epoch from the previous checkpoint, and `logged_steps` (what the run holds:
+    read when this attempt starts, updated as it logs) keeps a metric from being logged twice at one step,
+    also when a task's final report repeats the last epoch's metrics. Only (metric, step) pairs already
+    present are skipped: a final metric reported at the last epoch's step still gets logged.
     """
 
     def __init__(self, client: Any, run_id: str, checkpoint_dir: Path) -> None:
@@ -33,18 +35,13 @@ class TuneMlflowReporter:
         self.run_id = run_id
         self.checkpoint_dir = checkpoint_dir
         self.last: dict[str, float] = {}
-        self.logged_through = _last_logged_step(client, run_id)
+        self.logged_steps = _logged_steps(client, run_id)
 
     def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
-        from mlflow.entities import Metric
         from ray import tune
 
-        now = int(time.time() * 1000)
         values = {k: float(v) for k, v in metrics.items()}
-        if epoch > self.logged_through:
-            batch = [Metric(k, v, now, epoch) for k, v in values.items()]
-            for i in range(0, len(batch), 500):
-                self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        self.log_metrics(epoch, values)
         self.last = values
         ray_metrics = {"epoch": epoch, **{k.replace("/", "."): v for k, v in values.items()}}
         if checkpoint_dir is None:
@@ -52,6 +49,15 @@ class TuneMlflowReporter:
             return
         _replace_dir(Path(checkpoint_dir), self.checkpoint_dir)
         tune.report(ray_metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    def log_metrics(self, epoch: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, epoch) for k, v in values.items() if epoch > self.logged_steps.get(k, -1)]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        self.logged_steps.update({m.key: epoch for m in batch})
 
     def log_artifact(self, path: Path, subdir: str = "") -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=subdir or None)
@@ -74,12 +80,10 @@ class TuneMlflowReporter:
         return Path(ckpt.to_directory(str(local)))
 
 
-def _last_logged_step(client: Any, run_id: str) -> int:
-    """The newest epoch already in the run's metric history (0 for a run that logged nothing yet)."""
-    logged = client.get_run(run_id).data.metrics
-    if not logged:
-        return 0
-    return max(m.step for key in logged for m in client.get_metric_history(run_id, key))
+def _logged_steps(client: Any, run_id: str) -> dict[str, int]:
+    """metric -> newest step already in the run's history (empty for a run that logged nothing yet)."""
+    return {key: max(m.step for m in client.get_metric_history(run_id, key))
+            for key in client.get_run(run_id).data.metrics}
 
 
 def _replace_dir(src: Path, dest: Path) -> None:

@@ -124,6 +124,27 @@ def test_plan_expands_grid_with_stable_keys(tmp_path) -> None:
 # ---------------------------------------------------------------------------------- run & resume
 
 
+def test_resumed_reporter_logs_each_metric_step_once(tmp_path) -> None:
+    """A second attempt of a trial (after a kill) re-runs the epoch that had no checkpoint yet: its metrics
+    must not be logged twice at that step, but a final metric reported at the same step must still land."""
+    from study.trainable import TuneMlflowReporter
+
+    uri = tracking.default_tracking_uri(tmp_path)
+    exp = tracking.init_experiment(uri, "once", tmp_path)
+    c = tracking.client(uri)
+    run_id = tracking.attach_trial_run(c, exp, "k1", "k1", {})
+    first = TuneMlflowReporter(c, run_id, tmp_path / "ckpt")
+    first.log_metrics(1, {"train/loss": 0.5})
+    first.log_metrics(2, {"train/loss": 0.4})  # ... killed here, before epoch 2's checkpoint was copied
+    first.log_metrics(2, {"train/loss": 0.4})  # (a repeated report in one attempt is not logged twice either)
+    again = TuneMlflowReporter(c, run_id, tmp_path / "ckpt")  # resumed from the epoch-1 checkpoint
+    again.log_metrics(2, {"train/loss": 0.41})
+    again.log_metrics(2, {"train/loss": 0.41, "test/score": 0.9})  # the final report, at the last step
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "train/loss")] == [(1, 0.5), (2, 0.4)]
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "test/score")] == [(2, 0.9)]
+
+
+
 @pytest.mark.slow
 def test_run_then_relaunch_with_new_points_never_duplicates(tmp_path) -> None:
     study_dir = tmp_path / "study"
