@@ -21,24 +21,29 @@ from mlflow.tracking import MlflowClient
 
 #: Statuses of a planned trial; "missing" = planned but no run exists.
 STATUSES = ("FINISHED", "FAILED", "RUNNING", "KILLED", "SCHEDULED", "missing")
-#: The settings that change what a score means: each combination gets its own tables and tests.
+#: The settings that change what a score means. Only those that vary *within* a benchmark (task + dataset)
+#: split its tables and tests: the similarity task's `baseline` variant beside the other tasks' `default`, or
+#: per-task conditions (the reference's normalisation/mode per task), are one study, not several.
 SETTING_COLS = ("variant", "mode", "weights_kind", "normalisation", "transform_input")
+#: A benchmark: the unit that the cross-benchmark average rank counts once.
+BENCHMARK_KEYS = ["task", "dataset"]
 #: One table / one convention test is computed per group.
 GROUP_KEYS = ["task", "dataset", "metric", "direction", "primary", "setting"]
 #: A cell = one (group, network weights, point); seeds are averaged over it.
 CELL_KEYS = GROUP_KEYS + [
     "variant", "mode", "weights_kind", "normalisation", "transform_input",
     "network", "weights_set", "model", "family", "has_batch_norm",
-    "point", "position", "relative_depth", "imagenet_top1", "top1_fallback",
+    "point", "position", "relative_depth", "imagenet_top1", "top1_fallback", "is_baseline", "gflops_to_point",
 ]
 #: Weight sets that stand for "the architecture" (others, e.g. V2, get their own table row).
 _PRIMARY_WEIGHTS = "IMAGENET1K_V1"
 #: Columns of the raw table, before `_annotate` (kept even when a study has no runs yet).
-_COLUMNS = [
+RAW_COLUMNS = _COLUMNS = [
     "run_id", "trial_key", "status", "start_time", "error", "task", "dataset", "variant", "seed", "network",
     "weights", "weights_set", "weights_kind", "normalisation", "mode", "transform_input", "budget", "point",
     "position", "relative_depth", "family", "has_batch_norm", "imagenet_top1", "arch_imagenet_top1",
-    "top1_fallback", "weights_random", "synthetic_data", "primary_metric", "metric", "direction", "value",
+    "top1_fallback", "weights_random", "synthetic_data", "primary_metric", "baseline_tag", "gflops_to_point",
+    "metric", "direction", "value",
 ]
 
 
@@ -74,21 +79,34 @@ def _search(client: MlflowClient, experiment_id: str, kind: str) -> list[Run]:
             return runs
 
 
-def load_plan(client: MlflowClient, experiment_id: str) -> list[dict[str, Any]]:
+def load_plan(client: MlflowClient, experiment_id: str,
+              problems: list[str] | None = None) -> list[dict[str, Any]]:
     """Planned trials from `plan.json` of the study's parent run(s), deduplicated by trial_key.
 
-    A relaunched study may have several parent runs; their plans are united (later ones win).
+    A relaunched study may have several parent runs; their plans are united (later ones win). A plan that
+    cannot be read (no artifact, artifacts not copied with the store, unreadable JSON) is never skipped in
+    silence: one line per parent run is appended to `problems`, because without the plan the trials that never
+    started cannot be shown as "missing" and the coverage only counts the runs it finds.
     """
     plan: dict[str, dict[str, Any]] = {}
+    problems = [] if problems is None else problems
     parents = sorted(_search(client, experiment_id, "study"), key=lambda r: r.info.start_time or 0)
     for parent in parents:
+        rid = parent.info.run_id
         with tempfile.TemporaryDirectory(prefix="dpl-plan-") as tmp:
             try:
-                path = client.download_artifacts(parent.info.run_id, "plan.json", tmp)
-            except Exception:  # noqa: BLE001 - a parent without a plan just plans nothing
+                path = client.download_artifacts(rid, "plan.json", tmp)
+                entries = json.loads(Path(path).read_text())
+                entries = [dict(e) | {"trial_key": str(e["trial_key"])} for e in entries]
+            except Exception as exc:  # noqa: BLE001 - reported to the user, analysis goes on with the runs
+                why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                problems.append(
+                    f"plan.json of study run {rid} could not be read ({type(exc).__name__}: {why}); trials "
+                    "planned there that never started are NOT counted as missing. Copy the store's artifacts "
+                    "too (mlartifacts/ or the experiment's artifact_location) to see them.")
                 continue
-            for entry in json.loads(Path(path).read_text()):
-                plan[str(entry["trial_key"])] = dict(entry)
+            for entry in entries:
+                plan[entry["trial_key"]] = entry
     return list(plan.values())
 
 
@@ -149,6 +167,9 @@ def _run_rows(run: Run) -> list[dict[str, Any]]:
         "weights_random": tags.get("dpl.weights_random", "false").lower() == "true",
         "synthetic_data": tags.get("dpl.synthetic_data", "false").lower() == "true",
         "primary_metric": tags.get("dpl.primary_metric", ""),
+        "baseline_tag": tags.get("dpl.baseline", ""),
+        # cost of the loss network up to the point, as the engine logged it (absent for old runs: NaN)
+        "gflops_to_point": _float(params.get("gflops_to_point")),
     }
     if not directions:
         return [{**base, "metric": "", "direction": "", "value": math.nan}]
@@ -203,18 +224,37 @@ def _fill_missing(df: pd.DataFrame, plan: list[dict[str, Any]]) -> pd.DataFrame:
             bare[c] = bare[c].where(bare[c].notna(), bare.pop(c + "_ref")) if c in bare else bare.pop(c + "_ref")
     bare["imagenet_top1"] = bare["imagenet_top1"].fillna(bare["arch_imagenet_top1"])
     bare["top1_fallback"] = bare["top1_fallback"].fillna(True)
-    # Planned-only trials carry no settings: assume the study's usual ones (the most common value).
+    # Planned-only trials carry no settings: assume their benchmark's usual ones (the most common value),
+    # since per-task conditions differ between benchmarks; the study's usual value where the benchmark has none.
     for col in ("weights_kind", "weights_set", *SETTING_COLS):
         if col in known_runs and known_runs[col].notna().any():
             usual = known_runs[col].mode().iloc[0]
-            bare[col] = bare[col].fillna(usual) if col in bare else usual
+            per = known_runs.dropna(subset=[col]).groupby(BENCHMARK_KEYS)[col].agg(lambda v: v.mode().iloc[0])
+            fill = [per.get((t, d), usual) for t, d in zip(bare["task"], bare["dataset"])]
+            bare[col] = bare[col].fillna(pd.Series(fill, index=bare.index)) if col in bare else fill
     return pd.concat([df[df["metric"] != ""], bare], ignore_index=True)
 
 
+def _settings(df: pd.DataFrame) -> pd.Series:
+    """The `setting` label of each row: the SETTING_COLS that vary within the row's benchmark, else "all".
+
+    Pixel baselines (no loss network, so no mode or normalisation of one) do not make a setting vary.
+    """
+    out = pd.Series("all", index=df.index, dtype=object)
+    for _, g in df.groupby(BENCHMARK_KEYS, dropna=False, sort=False):
+        nets = g[~g["is_baseline"]]
+        varying = [c for c in SETTING_COLS if nets[c].nunique() > 1]
+        if varying:
+            out.loc[g.index] = [", ".join(f"{c}={v}" for c, v in zip(varying, row))
+                                for row in g[varying].itertuples(index=False)]
+    return out
+
+
 def _annotate(df: pd.DataFrame) -> pd.DataFrame:
-    """Add `primary`, `model` (network plus non-default weight set) and `setting` (varying conditions)."""
+    """Add `primary`, `model` (network plus non-default weight set), `is_baseline` and `setting`."""
     df = df.copy()
     df["primary"] = df["metric"] == df["primary_metric"]
+    df["is_baseline"] = (df["network"].astype(str) == "none") | (df["baseline_tag"].fillna("").astype(str) == "pixel")
     default_ws = (
         df[df["weights_kind"] == "imagenet"].groupby("network")["weights_set"]
         .agg(lambda s: _PRIMARY_WEIGHTS if _PRIMARY_WEIGHTS in set(s) else min(set(s) - {""}, default=""))
@@ -228,37 +268,47 @@ def _annotate(df: pd.DataFrame) -> pd.DataFrame:
     df["is_default_weights"] = df["model"] == df["network"]
     for col in SETTING_COLS:
         df[col] = df[col].fillna("").astype(str)
-    varying = [c for c in SETTING_COLS if df[c].nunique() > 1]
-    df["setting"] = (
-        df[varying].apply(lambda r: ", ".join(f"{c}={r[c]}" for c in varying), axis=1) if varying and len(df)
-        else "all"
-    )
+    df["setting"] = _settings(df) if len(df) else pd.Series(dtype=object)
     df["aligned"] = df["value"].where(df["direction"] != "min", -df["value"])
     return df
 
 
-def load_results(client: MlflowClient, experiment_name: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def load_results(client: MlflowClient, experiment_name: str,
+                 problems: list[str] | None = None) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """The tidy trial x final-metric table of a study, and its plan.
+
+    Anything that could not be read (e.g. an unreadable plan.json) is appended to `problems` as one line.
 
     Columns: run_id, trial_key, status, error, task, dataset, metric, direction, primary, value, aligned
     (value sign-flipped for "min" metrics so that higher is always better), network, model, weights,
     weights_set, weights_kind, point, position (1-4 or NaN), relative_depth, imagenet_top1 (of the weights
     used, else the architecture's V1 top-1 with top1_fallback=True), has_batch_norm, family, mode, variant,
-    normalisation, transform_input, seed, setting, weights_random, synthetic_data.
+    normalisation, transform_input, seed, setting (the settings that vary within the row's benchmark, else
+    "all"), is_baseline (pixel-loss baseline: network "none" or tag dpl.baseline=pixel), gflops_to_point
+    (logged cost, NaN if absent), weights_random, synthetic_data.
     """
     exp = find_experiment(client, experiment_name)
-    plan = load_plan(client, exp.experiment_id)
+    plan = load_plan(client, exp.experiment_id, problems)
     rows = [row for run in _search(client, exp.experiment_id, "trial") for row in _run_rows(run)]
-    df = _dedupe(pd.DataFrame(rows, columns=_COLUMNS))
-    df = _fill_missing(df, plan)
+    return tidy(pd.DataFrame(rows, columns=_COLUMNS), plan), plan
+
+
+def tidy(raw: pd.DataFrame, plan: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """The tidy table from raw rows (one per run x final metric, columns `RAW_COLUMNS`, as read from MLflow).
+
+    Separate from the MLflow reading so that simulated studies (tests, power analyses) go through exactly the
+    same deduplication, filling and annotation as a real store without writing thousands of runs.
+    """
+    df = _dedupe(raw.reindex(columns=_COLUMNS))
+    df = _fill_missing(df, plan or [])
     if df.empty:
-        return df, plan
+        return df
     df["position"] = pd.to_numeric(df["position"], errors="coerce")
-    for col in ("relative_depth", "imagenet_top1", "arch_imagenet_top1", "value"):
+    for col in ("relative_depth", "imagenet_top1", "arch_imagenet_top1", "value", "gflops_to_point"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df = _annotate(df)
     order = ["task", "dataset", "metric", "setting", "network", "model", "position", "point", "seed"]
-    return df.sort_values(order, na_position="last").reset_index(drop=True), plan
+    return df.sort_values(order, na_position="last").reset_index(drop=True)
 
 
 def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:

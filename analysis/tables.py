@@ -15,7 +15,8 @@ import pandas as pd
 
 from analysis.runs import GROUP_KEYS
 
-_BEST_KEYS = GROUP_KEYS + ["model", "network", "weights_set", "is_default_weights", "family", "has_batch_norm"]
+_BEST_KEYS = GROUP_KEYS + ["model", "network", "weights_set", "is_default_weights", "family", "has_batch_norm",
+                          "is_baseline"]
 
 
 def column_label(position: float, point: str) -> str:
@@ -103,30 +104,42 @@ def rank_table(best: pd.DataFrame) -> pd.DataFrame:
     """Rank the models of each group by their best point (1 = best, direction-aware; ties averaged).
 
     Only the default weights of each architecture are ranked, so that V2 weights do not push V1 networks
-    down; the within-architecture weight comparison is the V1/V2 control in `conventions`.
+    down (the within-architecture weight comparison is the V1/V2 control in `conventions`), and pixel-loss
+    baselines are never ranked among the loss networks (`baseline_comparison` sets them beside the ranking).
     """
-    b = best[best["is_default_weights"]].copy()
+    b = best[best["is_default_weights"] & ~best["is_baseline"].fillna(False).astype(bool)].copy()
     b["rank"] = b.groupby(GROUP_KEYS, dropna=False)["aligned"].rank(ascending=False, method="average")
     return b
 
 
 def average_ranks(ranks: pd.DataFrame) -> pd.DataFrame:
-    """Per setting and network: mean rank per benchmark (task/dataset), their mean, and the primary-metric mean.
+    """The study's one cross-benchmark ranking: per architecture, its rank on each benchmark and their mean.
 
-    Columns: setting, network, imagenet_top1, one column per benchmark, avg_rank (mean over benchmarks),
-    avg_rank_primary (mean of the ranks on each benchmark's primary metric), n_benchmarks.
+    A benchmark is a (task, dataset). Its rank of a network is the rank of the network's best point on the
+    benchmark's primary metric (all its metrics when it names none), averaged over the settings that vary
+    within that benchmark (e.g. similarity variants), so every benchmark counts once; a setting that ranked
+    fewer networks than the benchmark's fullest one (an ablation, e.g. vgg16_bn alone in train mode) is left
+    out of this table (its ranks are in `ranks`). Columns: network,
+    imagenet_top1, one column per benchmark, avg_rank (mean over benchmarks: the headline, sorted on),
+    avg_rank_all_metrics (the same with each benchmark's mean rank over all its metrics), n_benchmarks.
     """
+    cols = ["network", "imagenet_top1", "avg_rank", "avg_rank_all_metrics", "n_benchmarks"]
     if ranks.empty:
-        return pd.DataFrame(columns=["setting", "network", "avg_rank", "avg_rank_primary", "n_benchmarks"])
-    r = ranks.assign(benchmark=ranks["task"] + "/" + ranks["dataset"])
-    per = r.pivot_table(index=["setting", "network"], columns="benchmark", values="rank", aggfunc="mean")
-    prim = r[r["primary"]].groupby(["setting", "network"])["rank"].mean()
+        return pd.DataFrame(columns=cols)
+    r = ranks.assign(benchmark=ranks["task"].astype(str) + "/" + ranks["dataset"].astype(str))
+    size = r.groupby(["benchmark", "setting"])["network"].transform("nunique")
+    r = r[size == size.groupby(r["benchmark"]).transform("max")]  # ablations (fewer networks) stay out
+    has_primary = r.groupby("benchmark")["primary"].transform("any")
+    prim = r[r["primary"] | ~has_primary]
+    per = prim.pivot_table(index="network", columns="benchmark", values="rank", aggfunc="mean")
+    every = r.pivot_table(index="network", columns="benchmark", values="rank", aggfunc="mean")
     out = per.copy()
+    out.columns.name = None
     out["avg_rank"] = per.mean(axis=1)
-    out["avg_rank_primary"] = prim
+    out["avg_rank_all_metrics"] = every.mean(axis=1)
     out["n_benchmarks"] = per.notna().sum(axis=1)
-    out.insert(0, "imagenet_top1", r.groupby(["setting", "network"])["imagenet_top1"].first())
-    return out.reset_index().sort_values(["setting", "avg_rank"]).reset_index(drop=True)
+    out.insert(0, "imagenet_top1", r.groupby("network")["imagenet_top1"].first())
+    return out.reset_index().sort_values(["avg_rank", "network"]).reset_index(drop=True)
 
 
 def to_markdown(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:

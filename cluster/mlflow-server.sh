@@ -6,8 +6,9 @@
 # Backend: SQLite behind this one server process (only the server writes the database, so there is no
 # multi-writer SQLite on a network filesystem); artifacts on the shared storage, served by the server.
 # Authentication: MLflow's basic auth is enabled with --app-name basic-auth when MLFLOW_AUTH=1
-# (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on the clients); put TLS in front for anything
-# beyond a private network.
+# (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on the clients); it needs `pip install
+# 'mlflow[auth]==3.17.2'` (Flask-WTF) and MLFLOW_FLASK_SERVER_SECRET_KEY set, or the server refuses to start.
+# Put TLS in front for anything beyond a private network.
 set -euo pipefail
 store=${1:?usage: mlflow-server.sh STORE_DIR [HOST] [PORT]}
 host=${2:-$(hostname -I 2>/dev/null | awk '{print $1}')}
@@ -18,7 +19,13 @@ if [ "$host" = "0.0.0.0" ] && [ "${DPL_ALLOW_PUBLIC_MLFLOW:-0}" != 1 ]; then
 fi
 mkdir -p "$store/artifacts"
 auth=()
-[ "${MLFLOW_AUTH:-0}" = 1 ] && auth=(--app-name basic-auth)
+if [ "${MLFLOW_AUTH:-0}" = 1 ]; then
+  [ -n "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ] || {
+    echo "MLFLOW_AUTH=1 needs MLFLOW_FLASK_SERVER_SECRET_KEY (e.g. export it from: python -c 'import secrets; print(secrets.token_hex(32))')" >&2; exit 2; }
+  python -c 'import flask_wtf' 2>/dev/null || {
+    echo "MLFLOW_AUTH=1 needs MLflow's auth extra: pip install 'mlflow[auth]==3.17.2'" >&2; exit 2; }
+  auth=(--app-name basic-auth)
+fi
 export MLFLOW_DISABLE_TELEMETRY=true
 nohup setsid mlflow server "${auth[@]}" \
   --backend-store-uri "sqlite:///$store/mlflow.db" \

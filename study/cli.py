@@ -128,15 +128,23 @@ def cmd_distance(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from trainables.data import dataset_module
+    """One dataset into --out, or `all` of them into --out/<folder> (the layout the presets read)."""
+    from trainables.data import ROOT_DIRS, dataset_module
 
-    module = dataset_module(args.name)
-    if args.action == "synth":
-        out = module.synthesize(Path(args.out), seed=args.seed, size=args.size)
-        print(f"wrote synthetic {args.name} data ({args.size}, seed {args.seed}) to {out}")
+    if args.name == "all":
+        targets = [(name, Path(args.out) / folder) for name, folder in ROOT_DIRS.items()]
     else:
-        out = module.download(Path(args.out))
-        print(f"{args.name} is ready in {out}")
+        targets = [(args.name, Path(args.out))]
+    for name, root in targets:
+        module = dataset_module(name)
+        if args.action == "synth":
+            out = module.synthesize(root, seed=args.seed, size=args.size)
+            print(f"wrote synthetic {name} data ({args.size}, seed {args.seed}) to {out}")
+        else:
+            out = module.download(root)
+            print(f"{name} is ready in {out}")
+    if args.name == "all":
+        print(f"use it with --data-root {args.out} (or DPL_DATA_ROOT={args.out})")
     return 0
 
 
@@ -225,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.driver import run_study
     from study.spec import load_spec
 
-    spec = load_spec(args.spec, preset=args.preset, overrides=args.set, storage=args.storage)
+    spec = load_spec(args.spec, preset=args.preset, overrides=args.set, storage=args.storage, data_root=args.data_root)
     return run_study(
         spec,
         tracking_uri=args.tracking_uri,
@@ -240,9 +248,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from study.driver import run_study
     from study.spec import load_saved_spec
 
-    spec = load_saved_spec(Path(args.study_dir))
+    spec = load_saved_spec(Path(args.study_dir), data_root=args.data_root)
     return run_study(spec, tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent,
                      ray_address=args.address)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The resolved trials, counts and compute of a study, without Ray, MLflow or writing anything."""
+    from study.plan import format_report, plan_report
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec, preset=args.preset, overrides=args.set, storage=args.storage, data_root=args.data_root)
+    report = plan_report(spec, compute=not args.no_compute)
+    _print_json(report) if args.json else print(format_report(report))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -261,11 +280,37 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         tracking_uri = default_tracking_uri(Path(args.study_dir))
     from trainables.errors import UserError
 
+    problems: list[str] = []
     try:
-        out = analyze(tracking_uri, args.experiment, Path(args.out))
+        out = analyze(tracking_uri, args.experiment, Path(args.out), problems=problems, compare=args.compare,
+                      figures=not args.no_figures)
     except LookupError as exc:  # unknown experiment: the message lists the available ones
         raise UserError(str(exc).strip("'\"")) from exc
+    for line in problems:  # e.g. an unreadable plan.json: coverage may be incomplete, say so
+        print(f"dpl: warning: {line}", file=sys.stderr)
     print(f"report written to {out}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from analysis.recommend import format_text, recommend
+    from trainables.errors import UserError
+
+    tracking_uri = args.tracking_uri
+    if args.study_dir and not tracking_uri:
+        from study.tracking import default_tracking_uri
+
+        tracking_uri = default_tracking_uri(Path(args.study_dir))
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    try:
+        answer = recommend(tracking_uri, args.experiment, args.task, dataset=args.dataset, top=args.top)
+    except LookupError as exc:  # unknown study / task / dataset: the message lists what exists
+        raise UserError(str(exc).strip("'\"")) from exc
+    if args.json:
+        _print_json(answer)
+    else:
+        print(format_text(answer))
     return 0
 
 
@@ -285,6 +330,22 @@ def _add_network_flags(p: argparse.ArgumentParser, required: bool = True) -> Non
                    help="GoogLeNet/Inception input re-scaling: auto = as torchvision does for these weights; "
                         "off = the reference implementation")
     p.add_argument("--seed", type=int, default=0)
+
+
+#: = study.spec.PRESETS, spelled out so that parsing stays import-free
+PRESETS = ("smoke", "quick", "paper", "corrected")
+
+
+def _add_spec_flags(p: argparse.ArgumentParser) -> None:
+    """A study spec (file or preset) and its overrides: shared by `run` and `plan`."""
+    p.add_argument("spec", nargs="?", help="study YAML file")
+    p.add_argument("--preset", choices=PRESETS, help="a built-in study (paper: the authors' protocol; corrected: "
+                                                     "the same grid, corrected; see docs/REPRODUCTION.md)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a spec key (dotted: tasks.superres.mode=train; lists: mode=[eval,train]); repeatable")
+    p.add_argument("--storage", help="study directory (default studies/<name>)")
+    p.add_argument("--data-root", help="where relative data paths point (default $DPL_DATA_ROOT, else datasets/); "
+                                       "`dpl data fetch all --out DIR` fills it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="make synthetic data or download a dataset")
     p.add_argument("action", choices=("synth", "fetch"))
-    p.add_argument("name", help="bapps, superres, roads, svhn or stl10")
-    p.add_argument("--out", required=True, help="dataset root to write")
+    p.add_argument("name", help="bapps, superres, roads, svhn, stl10, or all (each into OUT/<folder>: "
+                                "bapps, superres, mass_roads, svhn, stl10 = what the presets read)")
+    p.add_argument("--out", required=True, help="dataset root to write (for all: the data root)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=("smoke", "quick", "paper"), default="smoke", help="synthetic data size")
     p.set_defaults(func=cmd_data)
@@ -349,10 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("run", help="run (or continue) a study on Ray Tune with MLflow tracking")
-    p.add_argument("spec", nargs="?", help="study YAML file")
-    p.add_argument("--preset", choices=("smoke", "quick", "paper"), help="a built-in study")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec key (dotted); repeatable")
-    p.add_argument("--storage", help="study directory (default studies/<name>)")
+    _add_spec_flags(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite store inside the study directory)")
     p.add_argument("--gpus-per-trial", type=float, help="fraction of a GPU per trial (0.25 = 4 trials per GPU)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
@@ -360,8 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("plan", help="the resolved trials, counts per task and a compute estimate (runs nothing)")
+    _add_spec_flags(p)
+    p.add_argument("--no-compute", action="store_true", help="skip the compute estimate (it builds each network once)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("resume", help="continue the study saved in a study directory")
     p.add_argument("study_dir")
+    p.add_argument("--data-root", help="read the study's relative data paths from here from now on")
     p.add_argument("--tracking-uri")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--address")
@@ -378,7 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri")
     p.add_argument("--study-dir", help="use the study directory's embedded MLflow store")
+    p.add_argument("--compare", metavar="EXPERIMENT",
+                   help="a second study of the same grid (e.g. paper vs corrected): verdicts side by side, "
+                        "rank correlation per benchmark, the networks that move most")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (much faster)")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("recommend", help="the best (network, point) for a task from a finished study")
+    p.add_argument("--experiment", required=True, help="MLflow experiment (= study name)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--dataset", help="needed when the task ran on several datasets")
+    p.add_argument("--top", type=int, default=10, help="how many candidates to list (default 10)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--study-dir", help="use the study directory's embedded MLflow store")
+    p.set_defaults(func=cmd_recommend)
     return parser
 
 

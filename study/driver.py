@@ -96,8 +96,30 @@ def apply_cli_overrides(spec: StudySpec, gpus_per_trial: float | None, cpus_per_
     spec.raw.update(validate({k: v for k, v in spec.raw.items()}))
 
 
+def running_ray(address: str | None) -> bool:
+    """Whether this process already has Ray initialised (a notebook's or a script's own `ray.init`).
+
+    That Ray is used as it is (its resources, its runtime env) and left running. Asking for another
+    cluster with `--address` while connected to one is refused: Ray cannot hold two connections.
+    """
+    if "ray" not in sys.modules:  # never imported, so never initialised (keeps a finished relaunch light)
+        return False
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    current = ray.get_runtime_context().gcs_address
+    if address and address != "auto" and address.removeprefix("ray://") != current:
+        raise UserError(f"Ray is already initialised in this process (cluster {current}), so --address "
+                        f"{address} cannot be used; drop --address to run there, or call ray.shutdown() first")
+    return True
+
+
 def _init_ray(spec: StudySpec, address: str | None) -> bool:
-    """Connect to (or start) Ray; True when this process started it and must shut it down."""
+    """Connect to (or start) Ray; True when this process started it and must shut it down.
+
+    False means Ray was already initialised here (see `running_ray`): it is ready and used as it is.
+    """
     import ray
 
     if ray.is_initialized():
@@ -206,8 +228,17 @@ def _prepare(spec: StudySpec, tracking_uri: str) -> Launch:
     return Launch(c, experiment_id, parent_id, plan, todo)
 
 
-def _prepare_and_start_ray(spec: StudySpec, tracking_uri: str, ray_address: str | None) -> tuple[Launch, bool]:
-    """`_prepare`, and Ray if anything is left to run; (launch, whether this process started Ray).
+@dataclass
+class RayUse:
+    """Ray for one launch: `ready` when trials can be submitted, `owned` when this process started it
+    (and shuts it down at the end; a Ray the caller initialised before `run_study` is left running)."""
+
+    ready: bool = False
+    owned: bool = False
+
+
+def _prepare_and_start_ray(spec: StudySpec, tracking_uri: str, ray_address: str | None) -> tuple[Launch, RayUse]:
+    """`_prepare`, and Ray if anything is left to run; (launch, how Ray is used).
 
     On a new local store every trial is still to run, so Ray starts while MLflow creates the store in a
     thread: both take seconds (schema migrations 2-4 s, ray.init 3-4 s on 2 cores) and neither needs the
@@ -216,14 +247,16 @@ def _prepare_and_start_ray(spec: StudySpec, tracking_uri: str, ray_address: str 
     search = spec.raw["search"]["type"] == "optuna"
     if not tracking.is_new_local_store(tracking_uri):
         launch = _prepare(spec, tracking_uri)
-        return launch, (_init_ray(spec, ray_address) if launch.todo or search else False)
+        if not (launch.todo or search):
+            return launch, RayUse()
+        return launch, RayUse(ready=True, owned=_init_ray(spec, ray_address))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpl-mlflow-setup") as pool:
         pending = pool.submit(_prepare, spec, tracking_uri)
-        started_ray = _init_ray(spec, ray_address)
+        owned = _init_ray(spec, ray_address)
         try:
-            return pending.result(), started_ray
+            return pending.result(), RayUse(ready=True, owned=owned)
         except BaseException:
-            if started_ray:
+            if owned:
                 import ray
 
                 ray.shutdown()
@@ -246,36 +279,47 @@ def run_study(
     with study_lock(study_dir):
         tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
         expand(spec)  # validate every trial (networks, points, settings) before anything is written
-        launch, started_ray = _prepare_and_start_ray(spec, tracking_uri, ray_address)
+        if spec.raw["search"]["type"] == "optuna":
+            from study.search import search_space
+
+            search_space(spec)  # and every combination a search can sample
+        if running_ray(ray_address):
+            print("dpl: using the Ray already initialised in this process (its resources and runtime env; "
+                  "it is left running)", file=sys.stderr)
+        launch, ray_use = _prepare_and_start_ray(spec, tracking_uri, ray_address)
         c, experiment_id, plan, todo = launch.c, launch.experiment_id, launch.plan, launch.todo
         weights_note = " (random loss-network weights: nothing can be downloaded here)" if spec.raw["weights"] == "random" else ""
         print(f"dpl: study {spec.name!r} in {study_dir}: {len(plan)} trials planned, "
               f"{len(plan) - len(todo)} already finished, {len(todo)} to run{weights_note}", file=sys.stderr)
-        print(f"dpl: MLflow store {tracking_uri} (experiment {spec.name!r}); inspect with "
-              f"`mlflow ui --backend-store-uri {tracking_uri}`", file=sys.stderr)
+        print(f"dpl: MLflow store {tracking_uri} (experiment {spec.name!r})", file=sys.stderr)
+        for line in tracking.ui_hint(tracking_uri, experiment_id):
+            print(f"dpl: {line}", file=sys.stderr)
         study_info = {
             "name": spec.name, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
             "parent_run_id": launch.parent_id, "study_dir": str(study_dir), "git_commit": git_commit(),
             "cpus_per_trial": spec.raw["resources"]["cpu"],
         }
         try:
-            if started_ray and spec.raw["search"]["type"] == "optuna":
+            if ray_use.ready and spec.raw["search"]["type"] == "optuna":
                 from study.search import run_optuna
 
                 run_optuna(spec, study_info, c, experiment_id)
-            elif started_ray and todo:
+            elif ray_use.ready and todo:
                 results = run_batch(spec, longest_first(todo), study_info)
                 close_orphans(c, experiment_id, {t.key for t in todo}, results)
         finally:
             runs = tracking.runs_by_key(c, experiment_id)
             cov = coverage(plan, runs) if spec.raw["search"]["type"] == "grid" else _search_coverage(runs)
             tracking.log_plan(c, launch.parent_id, [t.summary() for t in plan], cov)
+            tracking.describe_study_run(c, experiment_id, launch.parent_id, spec.name, [t.summary() for t in plan])
             c.set_terminated(launch.parent_id, status=tracking.FINISHED)
-            if started_ray:
+            if ray_use.owned:
                 import ray
 
                 ray.shutdown()
         print(f"dpl: {cov}", file=sys.stderr)
+        for line in tracking.ui_hint(tracking_uri, experiment_id):
+            print(f"dpl: {line}", file=sys.stderr)
         if cov.get("failed"):
             print(f"dpl: {cov['failed']} trial(s) failed; see `dpl status {study_dir}`", file=sys.stderr)
             return 1

@@ -1,23 +1,34 @@
-"""Expand a StudySpec into trials: one per (task, dataset, network, point, variant, seed).
+"""Expand a StudySpec into trials: one per (task, dataset, network, point, variant, seed, condition).
 
-Each trial is a fully resolved TrialConfig with its key. Data marked `synthetic` is generated once per
-study under `<study>/data/<dataset>` before any trial starts (generation is seeded, so every node of a
-cluster that shares the directory sees the same files).
+Each trial is a fully resolved TrialConfig with its key. A condition is one combination of the loss-network
+settings (weights, normalisation, mode, transform_input: study-level values, overridden per task, each a
+value or a list) and of the task settings given as lists (`tasks.superres.eval_protocol: [full, center288]`).
+`pixel_baseline: true` adds the network-less trial (network "none") of every task that has one, once per
+(dataset, variant, seed, task-setting combination).
+
+Data marked `synthetic` is generated once per study under `<study>/data/<dataset>` before any trial starts
+(generation is seeded, so every node of a cluster that shares the directory sees the same files). Relative
+data paths are read from the spec's data root (`--data-root`, `$DPL_DATA_ROOT`, `datasets/`).
+
+`plan_report` is what `dpl plan` prints: the trials, counts per task and dataset, and a compute estimate,
+computed without Ray, MLflow or writing anything.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.spec import StudySpec
+from study.spec import CONDITIONS, TASK_KEYS, StudySpec, has_pixel_baseline
 from trainables import loss_networks as ln
 from trainables.config import ConfigError, TrialConfig, trial_key
 from trainables.tasks import task_module
 from trainables.trial import NO_NETWORK, SYNTHETIC_MARKER, prepare
 
-#: Which synthetic generator serves which dataset name.
+#: Which synthetic generator (= `trainables.data` module) serves which dataset name.
 SYNTH_SOURCE = {"bapps": "bapps", "coco": "superres", "mass_roads": "roads", "svhn": "svhn", "stl10": "stl10"}
 
 
@@ -31,6 +42,12 @@ class PlannedTrial:
         return {"trial_key": self.key, "task": c.task, "dataset": c.dataset, "network": c.network,
                 "point": c.point, "variant": c.variant, "seed": c.seed, "weights": c.weights, "mode": c.mode,
                 "normalisation": c.normalisation, "transform_input": c.transform_input}
+
+    def row(self) -> dict[str, Any]:
+        """Everything `dpl plan` shows of a trial: the summary, budget, every resolved task setting, data."""
+        c = self.config
+        return {**self.summary(), "point": c.point or NO_NETWORK, "baseline": "pixel" if c.network == NO_NETWORK else "",
+                "budget": c.budget, "params": dict(c.params), "data_root": c.data_root}
 
 
 def _networks(spec_value: Any) -> list[str]:
@@ -55,11 +72,16 @@ def _points(spec_value: Any, network: str) -> list[tuple[str, ...]]:
 
 
 def data_root(spec: StudySpec, task: str, dataset: str, setting: Any) -> str:
+    """The directory a task's dataset is read from. Relative paths are taken from the spec's data root
+    (a study saved before data roots existed has none: the current directory, as it was then)."""
     if isinstance(setting, dict):
         setting = setting.get(dataset)
     if setting in (None, "synthetic"):
         return str(spec.study_dir / "data" / dataset)
-    return str(Path(setting).expanduser().resolve())
+    path = Path(setting).expanduser()
+    if not path.is_absolute() and spec.raw.get("data_root"):
+        path = Path(spec.raw["data_root"]) / path
+    return str(path.resolve())
 
 
 def synthetic_datasets(spec: StudySpec) -> dict[str, Path]:
@@ -89,35 +111,75 @@ def ensure_synthetic_data(spec: StudySpec) -> list[Path]:
     return made
 
 
+# ------------------------------------------------------------------------------------------ conditions
+
+
+def _values(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def loss_conditions(raw: dict[str, Any], settings: dict[str, Any]) -> list[dict[str, str]]:
+    """Every combination of the loss-network conditions for one task (task value, else the study's)."""
+    axes = {key: _values(settings.get(key, raw[key])) for key in CONDITIONS}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def task_settings(settings: dict[str, Any], module: Any) -> list[dict[str, Any]]:
+    """Every combination of a task's settings (`params` and those given directly under the task).
+
+    A list expands the grid unless the setting's own default is a list (then it is one value).
+    """
+    given = {**settings.get("params", {}), **{k: v for k, v in settings.items() if k not in TASK_KEYS}}
+    defaults = module.BUDGETS[settings.get("budget", "smoke")]
+    axes = {k: (v if isinstance(v, list) and not isinstance(defaults.get(k), list) else [v]) for k, v in given.items()}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def pixel_baseline(raw: dict[str, Any], settings: dict[str, Any], module: Any) -> bool:
+    """Whether a task gets its network-less trial: the task's `pixel_baseline`, else the study's (which
+    applies only to the tasks that have one)."""
+    wanted = settings.get("pixel_baseline", raw.get("pixel_baseline", False))
+    return bool(wanted) and has_pixel_baseline(module)
+
+
 def expand(spec: StudySpec) -> list[PlannedTrial]:
-    """The full grid, in a stable order (task, dataset, network, point, variant, seed); no duplicates."""
+    """The full grid, in a stable order (task, dataset, network, point, variant, seed, condition); no
+    duplicates (conditions that resolve to the same settings, e.g. `scratch` with any weights, are one)."""
     raw = spec.raw
+    synthetic = synthetic_datasets(spec)
     trials: dict[str, PlannedTrial] = {}
     for task, settings in raw["tasks"].items():
         module = task_module(task)
         datasets = settings.get("datasets", [module.DATASETS[0]])
         variants = settings.get("variants", [module.VARIANTS[0]])
         networks = _networks(settings.get("networks", raw["networks"]))
+        if pixel_baseline(raw, settings, module) and NO_NETWORK not in networks:
+            networks.append(NO_NETWORK)
         points_setting = settings.get("points", raw["points"])
+        conditions = loss_conditions(raw, settings)
+        params_grid = task_settings(settings, module)
         for dataset in datasets:
             root = data_root(spec, task, dataset, settings.get("data", "synthetic"))
+            is_synth = True if synthetic.get(dataset) == Path(root) else None
             for network in networks:
+                # no loss network, so its conditions change nothing: one trial, with the first of each
+                net_conditions = conditions[:1] if network == NO_NETWORK else conditions
                 for points in _points(points_setting, network):
                     for variant in variants:
                         for seed in raw["seeds"]:
-                            config = TrialConfig(
-                                task=task, network=network, points=points, dataset=dataset, variant=variant,
-                                seed=seed, weights=raw["weights"], normalisation=raw["normalisation"],
-                                mode=raw["mode"], transform_input=raw["transform_input"],
-                                budget=settings.get("budget", "smoke"), params=dict(settings.get("params", {})),
-                                data_root=root,
-                            )
-                            try:
-                                config = prepare(config)
-                            except ConfigError as exc:
-                                raise ConfigError(f"study spec: tasks.{task}: {exc}") from exc
-                            key = trial_key(config)
-                            trials.setdefault(key, PlannedTrial(key, config))
+                            for condition in net_conditions:
+                                for params in params_grid:
+                                    config = TrialConfig(
+                                        task=task, network=network, points=points, dataset=dataset,
+                                        variant=variant, seed=seed, **condition,
+                                        budget=settings.get("budget", "smoke"), params=dict(params), data_root=root,
+                                    )
+                                    try:
+                                        config = prepare(config)
+                                    except ConfigError as exc:
+                                        raise ConfigError(f"study spec: tasks.{task}: {exc}") from exc
+                                    key = trial_key(config, synthetic=is_synth)
+                                    trials.setdefault(key, PlannedTrial(key, config))
     return list(trials.values())
 
 
@@ -140,3 +202,191 @@ def save_plan(spec: StudySpec, trials: list[PlannedTrial]) -> Path:
 def load_plan(study_dir: Path) -> list[dict[str, Any]]:
     path = Path(study_dir) / "plan.json"
     return json.loads(path.read_text()) if path.is_file() else []
+
+
+# ------------------------------------------------------------------------------------------- compute
+
+#: Full-split sizes that a budget's 0 ("the whole split") stands for: the official figures
+#: (background/paper_notes.md section 3.1 for BAPPS; SVHN extra; STL-10 unlabeled; Massachusetts Roads).
+FULL_SPLITS = {
+    "bapps_2afc_train": 151_300,  # traditional 56.6k + cnn 38.1k + mix 56.6k triplets
+    "bapps_2afc_val": 36_300,  # 4.7k + 4.7k + 10.9k + 9.4k + 4.7k + 1.9k triplets
+    "bapps_jnd_val": 9_600,  # 4.8k + 4.8k pairs
+    "svhn": 531_131,  # extra
+    "stl10": 100_000,  # unlabeled
+}
+#: Backward through a frozen network (input gradients only) costs about one forward; through a trained
+#: one (input and weight gradients) about two. So a loss term costs 1 (target, no graph) + 2 (output)
+#: forwards per image, and a trained network 3.
+LOSS_TERM_PASSES = 3
+TRAINED_PASSES = 3
+
+
+def _meta_gflops(build: Any, shape: tuple[int, ...]) -> float | None:
+    """GFLOPs of one forward pass of a freshly built model at `shape`, on the meta device (nothing is
+    allocated); None when the model cannot be built or run (e.g. a task module changed its classes)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.device("meta"):
+            model = build()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(shape, device="meta"))
+        return counter.get_total_flops() / 1e9
+    except Exception:  # noqa: BLE001 - an estimate; the plan is still right without it
+        return None
+
+
+def _transform_gflops(config: TrialConfig) -> float | None:
+    """Forward GFLOPs per image of the task's own (trained) network: the thing the loss network trains."""
+    module, p = task_module(config.task), config.params
+    if config.task == "superres" and hasattr(module, "TransformNet"):
+        lr = p["crop_size"] // p["scale"]
+        return _meta_gflops(lambda: module.TransformNet(scale=p["scale"], norm=p.get("norm", "batch")), (1, 3, lr, lr))
+    if config.task == "delineation" and hasattr(module, "UNet"):
+        return _meta_gflops(lambda: module.UNet(in_ch=4), (1, 4, p["crop_size"], p["crop_size"]))
+    if config.task == "autoencoder" and hasattr(module, "ConvAutoencoder"):
+        size = module.input_size(config)
+        return _meta_gflops(lambda: module.ConvAutoencoder(size, p.get("z_dim", 64)), (1, 3, size, size))
+    return 0.0 if config.task == "similarity" else None
+
+
+def _loss_gflops(config: TrialConfig) -> float | None:
+    """Forward GFLOPs per image of the loss network up to its point (0 for the pixel baseline)."""
+    if config.network == NO_NETWORK:
+        return 0.0
+    try:
+        size = task_module(config.task).input_size(config)
+        return sum(ln.cached_point_metadata(config.network, pt, size)["gflops_to_point"] for pt in config.points)
+    except Exception:  # noqa: BLE001 - e.g. a point that cannot run at this size: no estimate
+        return None
+
+
+def _images(config: TrialConfig) -> dict[str, float] | None:
+    """Images through the loss network and through the task's network during training, implied by the
+    budget (training dominates; validation and test passes are left out except where they are the work).
+
+    Returns {"loss": forward-equivalents per loss-network GFLOP, "transform": per transform GFLOP}.
+    """
+    p, task = config.params, config.task
+    if task == "superres":
+        n = p["iterations"] * p["batch_size"]
+        return {"loss": LOSS_TERM_PASSES * n, "transform": TRAINED_PASSES * n}
+    if task == "delineation":
+        k = p.get("k_train", p.get("K", 1))
+        n = p["epochs"] * p["steps_per_epoch"] * p["batch_size"]
+        return {"loss": (2 * k + 1) * n, "transform": TRAINED_PASSES * k * n}
+    if task == "autoencoder":
+        n = p["epochs"] * (p["ae_train_images"] or FULL_SPLITS[config.dataset])
+        return {"loss": LOSS_TERM_PASSES * n, "transform": TRAINED_PASSES * n}
+    if task == "similarity":
+        val = p["max_eval_pairs"] * 6 if p["max_eval_pairs"] else FULL_SPLITS["bapps_2afc_val"]
+        jnd = p["max_eval_pairs"] * 2 if p["max_eval_pairs"] else FULL_SPLITS["bapps_jnd_val"]
+        work = 3 * val + 2 * jnd
+        if config.variant != "baseline":
+            train = p["max_train_pairs"] or FULL_SPLITS["bapps_2afc_train"]
+            work += p["epochs"] * 3 * train * (TRAINED_PASSES if config.variant in ("tune", "scratch") else 1)
+        return {"loss": work, "transform": 0}
+    return None
+
+
+def trial_compute(config: TrialConfig) -> dict[str, float | None]:
+    """Estimated training compute of one trial in GFLOPs (multiply-add = 2): loss network and task network."""
+    images = _images(config)
+    g_loss, g_transform = _loss_gflops(config), _transform_gflops(config)
+    loss = images["loss"] * g_loss if images and g_loss is not None else None
+    transform = images["transform"] * g_transform if images and g_transform is not None else None
+    total = loss + transform if loss is not None and transform is not None else None
+    return {"loss_network_gflops": loss, "transform_gflops": transform, "total_gflops": total}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def counts(trials: list[PlannedTrial]) -> dict[str, Any]:
+    """{"total": n, "per_task": {task: {dataset: {"trials", "loss_network", "pixel_baseline"}}}}."""
+    per_task: dict[str, dict[str, dict[str, int]]] = {}
+    for t in trials:
+        c = per_task.setdefault(t.config.task, {}).setdefault(
+            t.config.dataset, {"trials": 0, "loss_network": 0, "pixel_baseline": 0})
+        c["trials"] += 1
+        c["pixel_baseline" if t.config.network == NO_NETWORK else "loss_network"] += 1
+    return {"total": len(trials), "per_task": per_task}
+
+
+def _zero() -> dict[str, float | None]:
+    return {"loss_network_gflops": 0.0, "transform_gflops": 0.0, "total_gflops": 0.0}
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def plan_report(spec: StudySpec, compute: bool = True) -> dict[str, Any]:
+    """What `dpl plan` shows; reads the spec and the loss-network metadata, writes nothing."""
+    trials = expand(spec)
+    rows = [t.row() for t in trials]
+    report: dict[str, Any] = {
+        "study": spec.name, "storage": str(spec.study_dir), "data_root": spec.raw.get("data_root"),
+        "counts": counts(trials), "trials": rows,
+    }
+    if compute:
+        per_task: dict[str, dict[str, Any]] = {}
+        total: float | None = 0.0
+        for t, row in zip(trials, rows):
+            row["compute"] = trial_compute(t.config)
+            task = per_task.setdefault(t.config.task, {**_zero(), "per_dataset": {}})
+            for agg in (task, task["per_dataset"].setdefault(t.config.dataset, _zero())):
+                for k in _zero():
+                    agg[k] = _add(agg[k], row["compute"][k])
+            total = _add(total, row["compute"]["total_gflops"])
+        report["compute"] = {"per_task": per_task, "total_gflops": total,
+                             "note": "training passes implied by the budgets (early stopping can only shorten "
+                                     "them); FLOPs count a multiply-add as 2; divide by a GPU's sustained "
+                                     "FLOP/s for GPU-seconds"}
+    return report
+
+
+def _fmt_gflops(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, scale in (("EFLOP", 1e9), ("PFLOP", 1e6), ("TFLOP", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g} GFLOP"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The text form of `plan_report`: counts and compute per task, then one line per trial."""
+    lines = [f"study {report['study']}: {report['counts']['total']} trials; data root {report['data_root']}; "
+             f"study directory {report['storage']}", ""]
+    compute = report.get("compute", {}).get("per_task", {})
+    lines.append(f"{'task':<12} {'dataset':<11} {'trials':>6} {'loss-net':>8} {'pixel':>5}  "
+                 f"{'training compute':>16}  {'of which task net':>17}")
+    for task, per_ds in report["counts"]["per_task"].items():
+        for ds, c in per_ds.items():
+            est = compute.get(task, {}).get("per_dataset", {}).get(ds)
+            cells = f"{_fmt_gflops(est['total_gflops']):>16}  {_fmt_gflops(est['transform_gflops']):>17}" if est else ""
+            lines.append(f"{task:<12} {ds:<11} {c['trials']:>6} {c['loss_network']:>8} {c['pixel_baseline']:>5}  {cells}")
+    if "compute" in report:
+        lines.append(f"{'total':<12} {'':<11} {report['counts']['total']:>6} {'':>8} {'':>5}  "
+                     f"{_fmt_gflops(report['compute']['total_gflops']):>16}")
+        lines.append(f"({report['compute']['note']})")
+    lines += ["", "settings common to every trial of a task:"]
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for row in report["trials"]:
+        by_task.setdefault(row["task"], []).append(row)
+    varying: dict[str, list[str]] = {}
+    for task, rows in by_task.items():
+        flat = [{**{k: r[k] for k in ("weights", "normalisation", "mode", "transform_input", "budget")}, **r["params"]}
+                for r in rows]
+        common = {k: v for k, v in flat[0].items() if all(f.get(k) == v for f in flat)}
+        varying[task] = sorted({k for f in flat for k in f if k not in common})
+        lines.append(f"  {task}: " + " ".join(f"{k}={v}" for k, v in common.items()))
+    lines += ["", "trials:"]
+    for row in report["trials"]:
+        extra = " ".join(f"{k}={({**row, **row['params']}).get(k)}" for k in varying[row["task"]])
+        lines.append(f"  {row['trial_key']}  {row['task']}:{row['dataset']}:{row['network']}:{row['point']}:"
+                     f"{row['variant']}:s{row['seed']}" + (f"  {extra}" if extra else ""))
+    return "\n".join(lines)

@@ -7,7 +7,7 @@ resolved spec is saved in the study directory, so `dpl resume DIR` needs nothing
 from __future__ import annotations
 
 import copy
-import importlib.resources
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,22 @@ import yaml
 
 from trainables.config import BUDGETS, MODES, NORMALISATIONS, TRANSFORM_INPUT, ConfigError, parse_assignments
 
-PRESETS = ("smoke", "quick", "paper")
+PRESETS = ("smoke", "quick", "paper", "corrected")
 SPEC_FILE = "study.yaml"
+#: Where relative `data:` paths of a spec point: `--data-root DIR`, else this variable, else the spec's own
+#: `data_root`, else DEFAULT_DATA_ROOT (relative to the current directory). `dpl data fetch all --out DIR`
+#: fills DIR with the layout the presets read (one folder per dataset, `trainables.data.ROOT_DIRS`).
+DATA_ROOT_ENV = "DPL_DATA_ROOT"
+DEFAULT_DATA_ROOT = "datasets"
+
+#: The loss-network conditions: study-level defaults, overridable per task, each a value or a list of values
+#: (a list expands the grid). value -> allowed values (None = any string; checked when the trial is prepared).
+CONDITIONS: dict[str, tuple[str, ...] | None] = {
+    "weights": None,
+    "normalisation": NORMALISATIONS,
+    "mode": MODES,
+    "transform_input": TRANSFORM_INPUT,
+}
 
 #: Every top-level key, with what it holds (also the text of the "allowed keys" errors).
 TOP_KEYS = {
@@ -26,10 +40,12 @@ TOP_KEYS = {
     "networks": "list of torchvision names, or 'all' (the paper's 14)",
     "points": "'all', a list of p1..p4 / node names, or a mapping network -> list",
     "seeds": "list of integers",
-    "weights": "imagenet | random | weight-set name | state-dict path",
-    "normalisation": "imagenet | none",
-    "mode": "eval | train",
-    "transform_input": "auto | on | off",
+    "weights": "imagenet | random | weight-set name | state-dict path, or a list of them",
+    "normalisation": "imagenet | none, or a list",
+    "mode": "eval | train, or a list",
+    "transform_input": "auto | on | off, or a list",
+    "pixel_baseline": "true | false: add the pixel-loss trial (network none) to every task that has one",
+    "data_root": "directory that relative data paths are read from (default: --data-root, $DPL_DATA_ROOT, datasets)",
     "resources": "mapping cpu, gpu (per trial)",
     "max_concurrent": "integer",
     "max_failures": "integer (restarts of a trial whose worker died)",
@@ -45,6 +61,11 @@ TASK_KEYS = {
     "params": "mapping of task settings (see docs/tasks/<task>.md)",
     "networks": "override the study's networks for this task",
     "points": "override the study's points for this task",
+    "weights": "override the study's weights for this task (a value or a list)",
+    "normalisation": "override the study's normalisation for this task (a value or a list)",
+    "mode": "override the study's loss-network mode for this task (a value or a list)",
+    "transform_input": "override the study's transform_input for this task (a value or a list)",
+    "pixel_baseline": "true | false: add this task's pixel-loss trial (network none)",
 }
 SEARCH_KEYS = {"type": "grid | optuna", "num_samples": "integer", "metric": "metric name (default: the task's primary)",
                "mode": "max | min (default: the metric's direction)", "space": "mapping name -> distribution",
@@ -98,15 +119,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         raise _fail("tasks", "missing or empty", ", ".join(TASKS))
     _check_keys(tasks, {t: "" for t in TASKS}, "tasks")
     for task, settings in tasks.items():
-        settings = {} if settings is None else settings
-        tasks[task] = _check_keys(settings, TASK_KEYS, f"tasks.{task}")
-        budget = settings.setdefault("budget", "smoke")
-        if budget not in BUDGETS:
-            raise _fail(f"tasks.{task}.budget", f"{budget!r}", " | ".join(BUDGETS))
-        for key in ("datasets", "variants"):
-            if key in settings:
-                settings[key] = _as_list(settings[key], f"tasks.{task}.{key}")
-        _expect(settings.get("params", {}), dict, f"tasks.{task}.params", "a mapping of task settings")
+        tasks[task] = _validate_task(task, {} if settings is None else settings)
     raw["networks"] = raw.get("networks", "all")
     if raw["networks"] != "all":
         raw["networks"] = _as_list(raw["networks"], "networks")
@@ -115,11 +128,11 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     for s in seeds:
         _expect(s, int, "seeds", "a list of integers")
     raw["seeds"] = seeds
-    for key, allowed in (("normalisation", NORMALISATIONS), ("mode", MODES), ("transform_input", TRANSFORM_INPUT)):
-        value = raw.setdefault(key, allowed[0])
-        if value not in allowed:
-            raise _fail(key, repr(value), " | ".join(allowed))
-    _expect(raw.setdefault("weights", "imagenet"), str, "weights", TOP_KEYS["weights"])
+    for key, allowed in CONDITIONS.items():
+        condition_values(raw.setdefault(key, allowed[0] if allowed else "imagenet"), key, allowed)
+    _expect(raw.setdefault("pixel_baseline", False), bool, "pixel_baseline", "true | false")
+    if "data_root" in raw:
+        _expect(raw["data_root"], str, "data_root", "a directory path")
     res = _check_keys(raw.setdefault("resources", {}), {"cpu": "", "gpu": ""}, "resources")
     cpu = _expect(res.setdefault("cpu", 1), (int, float), "resources.cpu", "a positive number")
     gpu = _expect(res.setdefault("gpu", 0), (int, float), "resources.gpu", "a number in [0, 1] or a whole number")
@@ -145,6 +158,73 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def condition_values(value: Any, key: str, allowed: tuple[str, ...] | None) -> list[str]:
+    """A condition's values: one value or a non-empty list of distinct ones, each allowed (any string for
+    weights, whose names are checked against torchvision when the trial is prepared)."""
+    shown = " | ".join(allowed) if allowed else TOP_KEYS["weights"]
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise _fail(key, "an empty list", f"{shown}, or a non-empty list of them")
+    for v in values:
+        if not isinstance(v, str) or (allowed and v not in allowed):
+            hint = " (YAML reads a bare on/off/yes/no as a boolean: quote it)" if isinstance(v, bool) else ""
+            listed = f" (in the list {value!r})" if isinstance(value, list) else ""
+            raise _fail(key, f"{v!r}{listed}{hint}", shown)
+    if len(set(values)) != len(values):
+        raise _fail(key, f"{value!r} lists a value twice", "distinct values")
+    return values
+
+
+def _task_module(task: str) -> Any:
+    from trainables.tasks import task_module
+
+    return task_module(task)
+
+
+def _validate_task(task: str, settings: Any) -> dict[str, Any]:
+    """One `tasks.<task>` mapping: spec keys, loss-network conditions, and the task's own settings given
+    directly (`tasks.superres.eval_protocol: center288`, the same as under `params`)."""
+    where = f"tasks.{task}"
+    if not isinstance(settings, dict):
+        raise _fail(where, f"expected a mapping, got {type(settings).__name__}", ", ".join(TASK_KEYS))
+    budget = settings.setdefault("budget", "smoke")
+    if budget not in BUDGETS:
+        raise _fail(f"{where}.budget", f"{budget!r}", " | ".join(BUDGETS))
+    module = _task_module(task)
+    known = module.BUDGETS[budget]
+    for key in settings:
+        if key in TASK_KEYS:
+            continue
+        if key not in known:
+            renamed = getattr(module, "RENAMED_SETTINGS", {}).get(key)
+            raise _fail(f"{where}.{key}", f"unknown key{f' ({renamed})' if renamed else ''}",
+                        f"{', '.join(TASK_KEYS)}, or a setting of task {task}: {', '.join(sorted(known))}")
+    for key in ("datasets", "variants"):
+        if key in settings:
+            settings[key] = _as_list(settings[key], f"{where}.{key}")
+    params = _expect(settings.get("params", {}), dict, f"{where}.params", "a mapping of task settings")
+    for key in params:
+        if key in settings:
+            raise _fail(f"{where}.{key}", f"given both as {where}.{key} and {where}.params.{key}", "one of them")
+    for key, value in {**params, **{k: v for k, v in settings.items() if k not in TASK_KEYS}}.items():
+        if isinstance(value, list) and not value and not isinstance(known.get(key), list):
+            raise _fail(f"{where}.{key}", "an empty list", "a value, or a non-empty list of values (expands the grid)")
+    for key, allowed in CONDITIONS.items():
+        if key in settings:
+            condition_values(settings[key], f"{where}.{key}", allowed)
+    if "pixel_baseline" in settings:
+        _expect(settings["pixel_baseline"], bool, f"{where}.pixel_baseline", "true | false")
+        if settings["pixel_baseline"] and not has_pixel_baseline(module):
+            raise _fail(f"{where}.pixel_baseline", f"task {task} has no pixel-loss baseline",
+                        "false (the baseline is for the tasks that train with a loss network)")
+    return settings
+
+
+def has_pixel_baseline(module: Any) -> bool:
+    """Whether a task module takes network "none" (its `NETWORKLESS_OK`): the training tasks' pixel loss."""
+    return "none" in getattr(module, "NETWORKLESS_OK", ())
+
+
 def _as_list(value: Any, key: str) -> list[Any]:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return [value]
@@ -164,7 +244,9 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def preset_path(name: str) -> Path:
-    return Path(str(importlib.resources.files("study") / "presets" / f"{name}.yaml"))
+    """The preset file shipped next to this module (not looked up by package name: a folder called `study`
+    in the current directory, e.g. a study directory, would shadow the package for `python -m study.cli`)."""
+    return Path(__file__).resolve().parent / "presets" / f"{name}.yaml"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -188,14 +270,23 @@ def load_spec(
     preset: str | None = None,
     overrides: list[str] | None = None,
     storage: str | Path | None = None,
+    data_root: str | Path | None = None,
 ) -> StudySpec:
-    """A spec from a file or a preset, with `--set key=value` overrides (dotted keys reach into tasks)."""
+    """A spec from a file or a preset, with `--set key=value` overrides (dotted keys reach into tasks).
+
+    The data root is resolved here, once (see DATA_ROOT_ENV), and saved with the spec, so a resumed study
+    reads the same data whatever the environment of the relaunch.
+    """
     if (path is None) == (preset is None):
-        raise ConfigError("give a study spec file or --preset smoke|quick|paper (exactly one)")
+        raise ConfigError(f"give a study spec file or --preset {'|'.join(PRESETS)} (exactly one)")
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r}: no such preset; use one of {', '.join(PRESETS)}")
     raw = read_yaml(preset_path(preset) if preset else Path(path))
     for key, value in parse_assignments(overrides).items():
         _set_dotted(raw, key, value)
     raw = validate(raw)
+    root = data_root or os.environ.get(DATA_ROOT_ENV) or raw.get("data_root") or DEFAULT_DATA_ROOT
+    raw["data_root"] = str(Path(root).expanduser().resolve())
     directory = Path(storage or raw.get("storage") or Path("studies") / raw["name"]).resolve()
     raw["storage"] = str(directory)
     return StudySpec(name=raw["name"], raw=raw, storage=directory)
@@ -210,10 +301,15 @@ def save_spec(spec: StudySpec) -> Path:
     return path
 
 
-def load_saved_spec(study_dir: Path) -> StudySpec:
+def load_saved_spec(study_dir: Path, data_root: str | Path | None = None) -> StudySpec:
+    """The spec a study was started with. Its saved data root is kept unless `data_root` moves it (data
+    paths are not part of trial keys, so moved data keeps every result). A study saved before data roots
+    existed resolved relative paths against the current directory, and still does."""
     path = Path(study_dir) / SPEC_FILE
     if not path.is_file():
         raise ConfigError(f"{study_dir} is not a study directory (no {SPEC_FILE}); start one with `dpl run`")
     raw = validate(read_yaml(path))
+    if data_root is not None:
+        raw["data_root"] = str(Path(data_root).expanduser().resolve())
     raw["storage"] = str(Path(study_dir).resolve())
     return StudySpec(name=raw["name"], raw=raw, storage=Path(study_dir).resolve())

@@ -49,8 +49,12 @@ def study_status(study_dir: Path, tracking_uri: str | None = None) -> dict[str, 
     states = ("planned", "finished", "running", "interrupted", "failed", "pending")
     tasks = {task: {s: counts.get(s, 0) for s in states} for task, counts in per_task.items()}
     total = {s: sum(t[s] for t in tasks.values()) for s in states}
+    experiment_id = exp.experiment_id if exp else None
+    base = tracking.ui_base_url(tracking_uri)
     return {"study": spec.name, "study_dir": str(spec.study_dir), "tracking_uri": tracking_uri,
-            "driver_running": alive, "tasks": tasks, "total": total, "failures": failures}
+            "driver_running": alive, "tasks": tasks, "total": total, "failures": failures,
+            "experiment_id": experiment_id, "ui_command": tracking.ui_command(tracking_uri),
+            "ui_url": tracking.runs_page_url(base, experiment_id) if base and experiment_id else None}
 
 
 def _state(status: str | None, alive: bool) -> str:
@@ -78,4 +82,6 @@ def print_status(study_dir: Path, tracking_uri: str | None = None, as_json: bool
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
     for f in st["failures"]:
         print(f"FAILED {f['task']} {f.get('network')}:{f.get('point')} [{f['trial_key']}]: {f['error']}")
+    for line in tracking.ui_hint(st["tracking_uri"], st["experiment_id"]):
+        print(line)
     return 0

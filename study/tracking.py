@@ -22,6 +22,19 @@ KEY_TAG = "dpl.trial_key"
 KIND_TAG = "dpl.kind"
 STUDY_TAG = "dpl.study"
 ERROR_TAG = "dpl.error"
+#: MLflow's own tags: a run's description (markdown, shown on its page) and its display name.
+NOTE_TAG = "mlflow.note.content"
+RUN_NAME_TAG = "mlflow.runName"
+#: MLflow 3's UI opens an experiment on its GenAI pages unless it is told this is model training; the tag
+#: alone does not change the landing page, so the printed URL also names the training view explicitly.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+UI_VIEW_QUERY = "workflowType=machine_learning"
+#: Sorted by run name, the runs table lists the trial runs flat (sorted by date, MLflow folds them under the
+#: study run, two clicks away), in the order task/dataset network@point.
+RUNS_ORDER_QUERY = "orderByKey=tags.%60mlflow.runName%60&orderByAsc=true"
+LOCAL_UI = "http://127.0.0.1:5000"
+#: Conditions a trial run's name shows only when they differ from these defaults (its description lists all).
+NAME_DEFAULTS = {"weights": "imagenet", "normalisation": "imagenet", "mode": "eval", "transform_input": "auto"}
 FINISHED, FAILED, RUNNING, KILLED = "FINISHED", "FAILED", "RUNNING", "KILLED"
 #: Fixed names of the public schema (README): these params are logged for every trial.
 CONFIG_PARAMS = ("task", "dataset", "network", "point", "variant", "seed", "weights", "normalisation", "mode",
@@ -102,7 +115,10 @@ def init_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
         exp = c.get_experiment_by_name(name)
         if exp is None:
             location = artifact_location(study_dir) if not tracking_uri.startswith("http") else None
-            return c.create_experiment(name, artifact_location=location, tags={STUDY_TAG: name})
+            return c.create_experiment(name, artifact_location=location,
+                                       tags={STUDY_TAG: name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if exp.lifecycle_stage != "deleted" and exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)  # a study made before
     except Exception as exc:  # noqa: BLE001 - mlflow raises many kinds for an unusable store
         if isinstance(exc, UserError):
             raise
@@ -183,3 +199,132 @@ def finish_run(c: Any, run_id: str, status: str, error: str = "") -> None:
     if error:
         c.set_tag(run_id, ERROR_TAG, error.splitlines()[0][:4000] if error else "")
     c.set_terminated(run_id, status=status)
+
+
+# --- What a person sees in the MLflow UI: names, descriptions, and where to open it ------------------------
+
+def ui_command(tracking_uri: str) -> str | None:
+    """The command that serves the UI for a local store (None for a server, which serves its own UI)."""
+    if urllib.parse.urlparse(tracking_uri).scheme in ("http", "https", "databricks"):
+        return None
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1"
+
+
+def ui_base_url(tracking_uri: str) -> str | None:
+    """The UI's base URL: the server itself, or where `ui_command` serves a local store (its default port)."""
+    parsed = urllib.parse.urlparse(tracking_uri)
+    if parsed.scheme in ("http", "https"):
+        return tracking_uri.rstrip("/")
+    return None if parsed.scheme == "databricks" else LOCAL_UI
+
+
+def runs_page_url(base_url: str, experiment_id: str) -> str:
+    """The experiment's runs table in the training view (MLflow 3 otherwise opens its GenAI overview)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_VIEW_QUERY}&{RUNS_ORDER_QUERY}"
+
+
+def run_page_url(base_url: str, experiment_id: str, run_id: str) -> str:
+    """One run's page in the training view (without the query it shows the GenAI side bar)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW_QUERY}"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str | None) -> list[str]:
+    """The lines `dpl run` and `dpl status` print: how to open this study in the MLflow UI."""
+    command, base = ui_command(tracking_uri), ui_base_url(tracking_uri)
+    lines = [f"open the MLflow UI: {command}"] if command else []
+    if base and experiment_id is not None:
+        lines.append(f"then the study's runs (training view): {runs_page_url(base, experiment_id)}")
+    return lines
+
+
+def trial_run_name(config: Any) -> str:
+    """A run name a person can read in the runs table: `superres/coco vgg16@features.22 seed0`.
+
+    The variant (unless it is `default`) and any condition that is not the default (weights, normalisation, mode, transform_input)
+    are added, so the trials of an ablation grid are told apart; the key stays in the `dpl.trial_key` tag.
+    """
+    task = f"{config.task}/{config.dataset}" if config.dataset else config.task
+    parts = [task, f"{config.network}@{config.point or 'pixel'}"]
+    if config.variant and config.variant != "default":  # the single-variant tasks' only one says nothing
+        parts.append(config.variant)
+    parts += [f"{k}={getattr(config, k)}" for k, default in NAME_DEFAULTS.items() if getattr(config, k) != default]
+    parts.append(f"seed{config.seed}")
+    return " ".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def trial_description(config: Any, final_metrics: dict[str, float], primary: str,
+                      directions: dict[str, str] | None = None) -> str:
+    """The trial run's description (markdown): what was trained with which loss, and how well it did."""
+    direction = (directions or {}).get(primary)
+    better = {"max": " (higher is better)", "min": " (lower is better)"}.get(direction or "", "")
+    value = final_metrics.get(primary)
+    result = (f"Primary metric `{primary}`{better}: **{_fmt(float(value))}**" if value is not None
+              else f"Primary metric `{primary}`: not reported (the trial did not finish)")
+    conditions = {"variant": config.variant or "(default)", **{k: getattr(config, k) for k in NAME_DEFAULTS},
+                  "budget": config.budget}
+    lines = [f"**Task** {config.task}" + (f" on {config.dataset}" if config.dataset else "")
+             + f", **loss network** {config.network} at **point** {config.point or 'pixel (no network)'},"
+             f" seed {config.seed}.", "", result, "", "| condition | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in conditions.items()]
+    if final_metrics:
+        lines += ["", "| final metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(float(v))} |" for k, v in sorted(final_metrics.items())]
+    return "\n".join(lines)
+
+
+def describe_trial_run(c: Any, run_id: str, config: Any, final_metrics: dict[str, float], primary: str,
+                       directions: dict[str, str] | None = None) -> None:
+    """Give a finished trial run its readable name and its description (also renames runs made earlier)."""
+    c.set_tag(run_id, RUN_NAME_TAG, trial_run_name(config))
+    c.set_tag(run_id, NOTE_TAG, trial_description(config, final_metrics, primary, directions))
+
+
+COVERAGE_STATES = ("planned", "finished", "running", "failed", "pending")
+
+
+def study_description(name: str, coverage: dict[str, dict[str, int]], experiment_id: str,
+                      analysis_run_id: str | None = None) -> str:
+    """The study run's description (markdown): coverage per task, and the report run or how to make it."""
+    lines = [f"**Study** {name}: one child run per trial.", "",
+             "| task | " + " | ".join(COVERAGE_STATES) + " |", "|---|" + "---|" * len(COVERAGE_STATES)]
+    lines += [f"| {task} | " + " | ".join(str(counts.get(s, 0)) for s in COVERAGE_STATES) + " |"
+              for task, counts in coverage.items()]
+    lines.append("")
+    if analysis_run_id:
+        lines.append(f"Report: [analysis run]({run_page_url('', experiment_id, analysis_run_id)}) "
+                     f"(`report.html` in its artifacts).")
+    else:
+        lines.append(f"No report yet: `dpl analyze --experiment {name} --out DIR` tests the conventions and "
+                     f"logs its report here as an analysis run.")
+    return "\n".join(lines)
+
+
+def coverage_by_task(plan: list[dict[str, Any]], runs: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """task -> counts of planned / finished / running / failed / pending, plus a `total` row.
+
+    Runs not in the plan (trials an Optuna search sampled) count under their `task` param.
+    """
+    table: dict[str, dict[str, int]] = {}
+    entries = [(t["task"], runs.get(t["trial_key"])) for t in plan]
+    planned = {t["trial_key"] for t in plan}
+    entries += [(r.data.params.get("task", "?"), r) for k, r in runs.items() if k not in planned]
+    for task, run in entries:
+        row = table.setdefault(task, dict.fromkeys(COVERAGE_STATES, 0))
+        status = run.info.status if run else None
+        state = {FINISHED: "finished", FAILED: "failed", KILLED: "failed", RUNNING: "running"}.get(status, "pending")
+        row["planned"] += 1
+        row[state] += 1
+    table["total"] = {s: sum(r[s] for r in table.values()) for s in COVERAGE_STATES}
+    return table
+
+
+def describe_study_run(c: Any, experiment_id: str, parent_id: str, name: str, plan: list[dict[str, Any]]) -> None:
+    """Write the study run's description from what the store holds now (coverage, newest analysis run)."""
+    analyses = find_runs(c, experiment_id, f"tags.`{KIND_TAG}` = 'analysis'")
+    newest = max(analyses, key=lambda r: r.info.start_time or 0).info.run_id if analyses else None
+    text = study_description(name, coverage_by_task(plan, runs_by_key(c, experiment_id)), experiment_id, newest)
+    c.set_tag(parent_id, NOTE_TAG, text)

@@ -1,14 +1,15 @@
 """The Ray Tune function trainable: one trial = `trainables.trial.run_trial` with a Tune + MLflow reporter.
 
 Checkpoints go to two places: Ray (so `FailureConfig` restarts a trial whose worker died) and the study's
-own `checkpoints/<trial key>/` directory, written before `tune.report` returns. A trial resumes from the
-latter, which is always the newest: Ray's experiment state can lag it by an epoch or two, and a fresh
-driver launch (new Tuner, new Ray trial ids) still finds it by key.
+own `checkpoints/<trial key>/` directory (a link swapped by `trainables.reporting.store_checkpoint`, so a kill
+never leaves it half-written), written before `tune.report` returns. A trial resumes from the latter, which is
+always the newest: Ray's experiment state can lag it by an epoch or two, and a fresh driver launch (new Tuner,
+new Ray trial ids) still finds it by key. Every attempt is recorded in the run (`dpl.attempts`,
+`attempt/start_epoch`), so whether a restarted trial resumed or started over is visible, not assumed.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import tempfile
 import traceback
@@ -17,7 +18,10 @@ from typing import Any
 
 from study import tracking
 from trainables.config import TrialConfig, trial_key
-from trainables.reporting import CHECKPOINT_FILE
+from trainables.reporting import START_EPOCH_METRIC, newest_checkpoint, store_checkpoint
+
+#: Tag: how many attempts of this trial have started in its run (1 for a trial never interrupted).
+ATTEMPTS_TAG = "dpl.attempts"
 
 
 class TuneMlflowReporter:
@@ -28,6 +32,12 @@ class TuneMlflowReporter:
     read when this attempt starts, updated as it logs) keeps a metric from being logged twice at one step,
     also when a task's final report repeats the last epoch's metrics. Only (metric, step) pairs already
     present are skipped: a final metric reported at the last epoch's step still gets logged.
+
+    Because of that skip, a trial that restarted from epoch 1 would leave the same history as one that
+    resumed; so each attempt is recorded: constructing the reporter starts attempt n (tag `dpl.attempts` = n),
+    and its first logged epoch e goes to metric `attempt/start_epoch` = e at step n. A trial never
+    interrupted has one attempt starting at 1; a resumed one starts at its checkpoint's epoch + 1; an
+    attempt that died before logging an epoch leaves its step missing.
     """
 
     def __init__(self, client: Any, run_id: str, checkpoint_dir: Path) -> None:
@@ -35,7 +45,11 @@ class TuneMlflowReporter:
         self.run_id = run_id
         self.checkpoint_dir = checkpoint_dir
         self.last: dict[str, float] = {}
-        self.logged_steps = _logged_steps(client, run_id)
+        run = client.get_run(run_id)
+        self.logged_steps = _logged_steps(client, run)
+        self.attempt = int(run.data.tags.get(ATTEMPTS_TAG, "0")) + 1
+        self.start_epoch: int | None = None
+        client.set_tag(run_id, ATTEMPTS_TAG, str(self.attempt))
 
     def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
         from ray import tune
@@ -47,7 +61,7 @@ class TuneMlflowReporter:
         if checkpoint_dir is None:
             tune.report(ray_metrics)
             return
-        _replace_dir(Path(checkpoint_dir), self.checkpoint_dir)
+        store_checkpoint(Path(checkpoint_dir), self.checkpoint_dir)
         tune.report(ray_metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     def log_metrics(self, epoch: int, values: dict[str, float]) -> None:
@@ -55,9 +69,12 @@ class TuneMlflowReporter:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, epoch) for k, v in values.items() if epoch > self.logged_steps.get(k, -1)]
+        if self.start_epoch is None:  # this attempt's first epoch: record where it started
+            self.start_epoch = epoch
+            batch.append(Metric(START_EPOCH_METRIC, float(epoch), now, self.attempt))
         for i in range(0, len(batch), 500):
             self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
-        self.logged_steps.update({m.key: epoch for m in batch})
+        self.logged_steps.update({m.key: m.step for m in batch})
 
     def log_artifact(self, path: Path, subdir: str = "") -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=subdir or None)
@@ -69,8 +86,9 @@ class TuneMlflowReporter:
                 self.client.set_tag(self.run_id, f"dpl.{key}", str(bool(info[key])).lower())
 
     def resume_dir(self) -> Path | None:
-        if (self.checkpoint_dir / CHECKPOINT_FILE).is_file():
-            return self.checkpoint_dir
+        newest = newest_checkpoint(self.checkpoint_dir)
+        if newest is not None:
+            return newest
         from ray import tune
 
         ckpt = tune.get_checkpoint()
@@ -80,23 +98,9 @@ class TuneMlflowReporter:
         return Path(ckpt.to_directory(str(local)))
 
 
-def _logged_steps(client: Any, run_id: str) -> dict[str, int]:
+def _logged_steps(client: Any, run: Any) -> dict[str, int]:
     """metric -> newest step already in the run's history (empty for a run that logged nothing yet)."""
-    return {key: max(m.step for m in client.get_metric_history(run_id, key))
-            for key in client.get_run(run_id).data.metrics}
-
-
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Copy `src` over `dest` so that `dest` is always a complete checkpoint (rename is atomic)."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    return {key: max(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
 
 
 def run_config_trial(payload: dict[str, Any]) -> None:
@@ -109,7 +113,7 @@ def run_config_trial(payload: dict[str, Any]) -> None:
     from ray import tune
 
     from trainables.tasks import task_module
-    from trainables.trial import run_trial
+    from trainables.trial import BASELINE_INFO, NO_NETWORK, run_trial
 
     study = payload["study"]
     config = TrialConfig.from_dict(payload["trial"])
@@ -125,8 +129,9 @@ def run_config_trial(payload: dict[str, Any]) -> None:
         "dpl.directions": json.dumps(task.METRICS),
         "dpl.weights_random": str(config.weights == "random").lower(),
     }
-    run_name = f"{config.task}:{config.dataset}:{config.network}:{config.point or 'pixel'}:{config.variant}:s{config.seed}"
-    run_id = tracking.attach_trial_run(c, study["experiment_id"], key, run_name, tags)
+    if config.network == NO_NETWORK:  # the pixel-loss baseline: analysis reports it beside the ranking
+        tags.update({f"dpl.{k}": v for k, v in BASELINE_INFO.items()})
+    run_id = tracking.attach_trial_run(c, study["experiment_id"], key, tracking.trial_run_name(config), tags)
     params = {k: getattr(config, k) if k != "point" else config.point for k in tracking.CONFIG_PARAMS}
     params.update({f"hp.{k}": v for k, v in config.params.items()})
     params["git_commit"] = study.get("git_commit")
@@ -134,13 +139,15 @@ def run_config_trial(payload: dict[str, Any]) -> None:
     reporter = TuneMlflowReporter(c, run_id, Path(study["study_dir"]) / "checkpoints" / key)
     try:
         final = run_trial(config, reporter)
-        if reporter.checkpoint_dir.is_dir():
-            c.log_artifacts(run_id, str(reporter.checkpoint_dir), artifact_path="checkpoint")
+        newest = newest_checkpoint(reporter.checkpoint_dir)
+        if newest is not None:
+            c.log_artifacts(run_id, str(newest.resolve()), artifact_path="checkpoint")
     except Exception as exc:  # noqa: BLE001 - recorded, not retried (see docstring)
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         tracking.finish_run(c, run_id, tracking.FAILED, message)
         traceback.print_exc()
         tune.report({"dpl_failed": 1, "error": message[:500]})
         return
+    tracking.describe_trial_run(c, run_id, config, final, task.PRIMARY_METRIC, task.METRICS)
     tracking.finish_run(c, run_id, tracking.FINISHED)
     tune.report({"dpl_done": 1, **{k.replace("/", "."): v for k, v in final.items()}})

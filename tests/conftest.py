@@ -1,8 +1,15 @@
-"""Shared test setup: quiet, offline, private caches; real photographs from scikit-image."""
+"""Shared test setup: quiet, offline (enforced), private caches; real photographs from scikit-image."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import ipaddress
 import os
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +25,129 @@ def _private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["TORCH_HOME"] = str(root / "torch")
     os.environ["MPLCONFIGDIR"] = str(root / "mpl")
     os.environ.setdefault("DPL_CACHE_DIR", str(root / "dpl"))
+
+
+# ------------------------------------------------------------------------------------- no network
+
+#: Host names that resolve on this machine without asking a DNS server.
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", socket.gethostname()}
+
+
+@functools.cache
+def _is_local_ip(host: str) -> bool:
+    """Loopback, unspecified, or an address of one of this machine's own interfaces (Ray binds its node
+    IP, e.g. eth0's, and connects to it): binding a socket to it succeeds only for local addresses."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:  # bind() is not patched
+            probe.bind((host, 0))
+        return True
+    except OSError:
+        return False
+
+
+def _is_local_host(host: Any) -> bool:
+    if host in (None, b"", ""):
+        return True  # getaddrinfo(None, port): the wildcard/loopback address
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if host.lower() in _LOCAL_NAMES or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return _is_local_ip(host)
+    except ValueError:
+        return False  # a name that would need DNS
+
+
+class NetworkGuard:
+    """Records every attempt to reach another machine; the attempt itself raises an OSError, as a real
+    offline machine would, so code under test takes its offline path instead of hanging on DNS or TCP."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+        self._lock = threading.Lock()
+
+    def block(self, what: str, lookup: bool = False) -> OSError:
+        """The error an offline machine gives: a failed name lookup, or a refused connection."""
+        with self._lock:
+            self.attempts.append(what)
+        message = f"network access blocked in tests ({what}); see tests/conftest.py"
+        return socket.gaierror(socket.EAI_NONAME, message) if lookup else ConnectionRefusedError(message)
+
+    @contextlib.contextmanager
+    def expected(self) -> Iterator[list[str]]:
+        """For a test of the offline path: the attempts made inside are required, and forgiven."""
+        start = len(self.attempts)
+        seen: list[str] = []
+        try:
+            yield seen
+        finally:
+            with self._lock:
+                seen.extend(self.attempts[start:])
+                del self.attempts[start:]
+        assert seen, "expected a blocked network attempt, but nothing tried the network"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _network_guard() -> Iterator[NetworkGuard]:
+    """No test may reach another machine: name lookups of non-local hosts and connections to non-local
+    addresses raise (loopback, this machine's own addresses and unix sockets keep working: Ray, MLflow
+    servers and the tests use them). Installed for the whole session, so session fixtures are covered too.
+
+    It patches the `socket` module of this pytest process only: Ray workers and subprocesses (the CLI
+    run with subprocess) are other processes and are not guarded.
+    """
+    guard = NetworkGuard()
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo, real_byname, real_byname_ex = socket.getaddrinfo, socket.gethostbyname, socket.gethostbyname_ex
+
+    def target(address: Any) -> Any:
+        return address[0] if isinstance(address, tuple) and address else None
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local_host(target(address)):
+            raise guard.block(f"connect to {address!r}")
+        return real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local_host(target(address)):
+            raise guard.block(f"connect_ex to {address!r}")
+        return real_connect_ex(self, address)
+
+    def resolver(real: Any) -> Any:
+        @functools.wraps(real)
+        def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if not _is_local_host(host):
+                raise guard.block(f"name lookup of {host!r}", lookup=True)
+            return real(host, *args, **kwargs)
+        return resolve
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", connect)
+        mp.setattr(socket.socket, "connect_ex", connect_ex)
+        mp.setattr(socket, "getaddrinfo", resolver(real_getaddrinfo))
+        mp.setattr(socket, "gethostbyname", resolver(real_byname))
+        mp.setattr(socket, "gethostbyname_ex", resolver(real_byname_ex))
+        yield guard
+
+
+@pytest.fixture(autouse=True)
+def _no_network(_network_guard: NetworkGuard) -> Iterator[None]:
+    """Fail the test that tried the network, even where its code caught the error and went on."""
+    start = len(_network_guard.attempts)
+    yield
+    tried = _network_guard.attempts[start:]
+    if tried:
+        del _network_guard.attempts[start:]
+        pytest.fail(f"test tried the network ({len(tried)}x): {'; '.join(tried[:3])}", pytrace=False)
+
+
+@pytest.fixture
+def network_guard(_network_guard: NetworkGuard) -> NetworkGuard:
+    """The session's guard, for tests of the offline path (`with network_guard.expected(): ...`)."""
+    return _network_guard
 
 
 @pytest.fixture(scope="session")

@@ -165,10 +165,10 @@ def test_failed_running_and_missing_trials_are_visible(study):
     assert status["dl-vgg16-2"] == "RUNNING"
     assert status["dl-resnet50-1"] == "missing"
     assert cov["error"].fillna("").str.contains("CUDA out of memory").any()
-    table = (study["out"] / "tables" / "table_autoencoder_svhn_probe_best_val_test_acc_mode_eval.md").read_text()
+    table = (study["out"] / "tables" / "table_autoencoder_svhn_probe_best_val_test_acc.md").read_text()
     effnet = next(line for line in table.splitlines() if line.startswith("| efficientnet_b0"))
     assert "FAILED" in effnet
-    dl = (study["out"] / "tables" / "table_delineation_mrd_test_quality_mode_eval.md").read_text()
+    dl = (study["out"] / "tables" / "table_delineation_mrd_test_quality.md").read_text()
     assert "missing" in next(line for line in dl.splitlines() if line.startswith("| resnet50"))
     html = study["report"].read_text()
     assert "FAILED" in html and "missing" in html and "RUNNING" in html
@@ -206,7 +206,8 @@ def test_tables_match_inputs(study):
 def test_average_rank_is_mean_over_benchmarks_of_mean_over_metrics(study):
     exp = study["expected"]
     avg = pd.read_csv(study["out"] / "tables" / "average_ranks.csv")
-    avg = avg[avg.setting == "mode=eval"].set_index("network")
+    assert "setting" not in avg.columns  # one ranking per study: mode varies in superres only
+    avg = avg.set_index("network")
 
     def ranks(task, metric, d):
         b = _best(exp, task, metric, d)
@@ -217,9 +218,28 @@ def test_average_rank_is_mean_over_benchmarks_of_mean_over_metrics(study):
           for n in TOP1}
     ae = ranks("autoencoder", "probe/best_val_test_acc", "max")
     dl = ranks("delineation", "test/quality", "max")
+    sr_primary = ranks("superres", "test/set5/psnr", "max")
     for net in TOP1:
         parts = [sr[net], ae[net]] + ([dl[net]] if net in dl else [])
-        assert avg.loc[net, "avg_rank"] == pytest.approx(np.mean(parts)), net
+        assert avg.loc[net, "avg_rank_all_metrics"] == pytest.approx(np.mean(parts)), net
+        primary = [sr_primary[net], ae[net]] + ([dl[net]] if net in dl else [])
+        assert avg.loc[net, "avg_rank"] == pytest.approx(np.mean(primary)), net
+        assert avg.loc[net, "n_benchmarks"] == len(parts)
+
+
+@pytest.mark.parametrize("kind", ["spearman", "kendall", "pearson"])
+def test_bootstrap_ci_equals_scipy(kind: str) -> None:
+    """The vectorised percentile bootstrap over networks equals scipy.stats.bootstrap (paired resampling of
+    (top-1, score) pairs, percentile method, the same seeded generator) to rounding."""
+    from analysis.conventions import bootstrap_ci
+
+    fn = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}[kind]
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=14)
+    y = x + rng.normal(size=14)
+    ref = stats.bootstrap((x, y), lambda a, b: fn(a, b).statistic, paired=True, vectorized=False,
+                          n_resamples=2000, method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    assert bootstrap_ci(x, y, kind, n_boot=2000, seed=0) == (pytest.approx(ref.low), pytest.approx(ref.high))
 
 
 def test_c1_correlations_equal_scipy(study):
@@ -236,9 +256,17 @@ def test_c1_correlations_equal_scipy(study):
                        & conv.setting.isin(["all", "mode=eval"])]
             assert len(row) == 1
             assert row["value"].iloc[0] == pytest.approx(ref.statistic)
-            assert row["p_value"].iloc[0] == pytest.approx(ref.pvalue)
+            # n = 6 networks: the p-value is the exact permutation one (all 720 orderings), not scipy's
+            # large-sample approximation
+            exact = stats.permutation_test((y,), lambda v: fn(x, v).statistic, permutation_type="pairings",
+                                           n_resamples=math.factorial(6), vectorized=False)
+            assert len(exact.null_distribution) == 720
+            assert row["p_value"].iloc[0] == pytest.approx(exact.pvalue)
+            if kind == "kendall":
+                assert row["p_value"].iloc[0] == pytest.approx(stats.kendalltau(x, y, method="exact").pvalue)
             assert row["n"].iloc[0] == len(x)
-            assert -1 <= row["ci_low"].iloc[0] <= row["ci_high"].iloc[0] <= 1
+            # the interval itself is checked against scipy.stats.bootstrap in test_bootstrap_ci_equals_scipy
+            assert row["ci_low"].iloc[0] - 1e-9 <= row["value"].iloc[0] <= row["ci_high"].iloc[0] + 1e-9
     sr = conv[(conv.test == "C1 imagenet_accuracy") & (conv.task == "superres") & (conv.scope == "best point")
               & (conv.statistic == "spearman") & (conv.metric == "test/set5/psnr") & (conv.setting == "mode=eval")]
     ae = conv[(conv.test == "C1 imagenet_accuracy") & (conv.task == "autoencoder") & (conv.scope == "best point")
@@ -301,9 +329,11 @@ def test_c2_last_point_share_and_depth_correlation(study):
     sr = conv[(conv.test == "C2 last_point_best") & (conv.task == "superres") & (conv.metric == "test/set5/psnr")
               & (conv.setting == "mode=eval")]
     assert sr["value"].iloc[0] == 0.0 and sr["verdict"].iloc[0].startswith("not supported")
-    pooled = conv[(conv.test == "C2 last_point_best") & (conv.task == "all") & (conv.setting == "mode=eval")]
-    # primary metrics: superres psnr 0/6, autoencoder 5/5, delineation alexnet only (vgg16 has a RUNNING point)
-    assert pooled["n"].iloc[0] == 12 and pooled["value"].iloc[0] == pytest.approx(6 / 12)
+    pooled = conv[(conv.test == "C2 last_point_best") & (conv.task == "all")]
+    # one pooled test per study, primary metrics: superres psnr 0/6 in eval mode and 0/1 in train mode (vgg16_bn),
+    # autoencoder 5/5, delineation alexnet only (vgg16 has a RUNNING point)
+    assert len(pooled) == 1
+    assert pooled["n"].iloc[0] == 13 and pooled["value"].iloc[0] == pytest.approx(6 / 13)
     # depth correlation, pooled over the autoencoder's finished points
     exp = study["expected"]
     pts = [(n, p) for (t, m, n, ws, md, p) in exp if t == "autoencoder"]
@@ -349,7 +379,7 @@ def test_report_files_sections_warning_and_mlflow_run(study):
     assert any(p.name.startswith("heatmap_") for p in figs) and any(p.name.startswith("accuracy_") for p in figs)
     assert any(p.name.startswith("depth_") for p in figs)
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in figs)
-    assert (out / "tables" / "average_ranks.md").read_text().startswith("| setting |")
+    assert (out / "tables" / "average_ranks.md").read_text().startswith("| network |")
     runs = study["client"].search_runs([study["exp"]], "tags.`dpl.kind` = 'analysis'")
     assert len(runs) == 1
     names = {a.path for a in study["client"].list_artifacts(runs[0].info.run_id)}

@@ -22,6 +22,7 @@ from trainables.metrics import probes
 from trainables.reporting import LocalReporter
 from trainables.tasks import autoencoder as ae
 from trainables.trial import SYNTHETIC_MARKER, run_trial
+from _dying_reporter import KillAfter, Killed
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +140,40 @@ def test_probes_separate_separable_codes_and_pick_by_validation() -> None:
     metrics, results = probes.evaluate_probes(x[:400], y[:400], x[400:], y[400:], seed=0, epochs=40, patience=5,
                                               batch_size=100, lr=1e-2, hidden_sets=((), (32,)))
     assert metrics["probe/linear/test_acc"] > 0.9
-    chosen = max(results, key=lambda r: r.val_acc)
-    assert metrics["probe/best_val_test_acc"] == chosen.test_acc
-    assert metrics["probe/mean_test_acc"] == pytest.approx(np.mean([r.test_acc for r in results]))
-    assert metrics["probe/max_test_acc"] == max(r.test_acc for r in results)
+    assert [r.hidden for r in results] == [(), (32,)]
+    # the metrics are the results' numbers, each probe scored on the 200 test codes (accuracies are k/200)
+    for r in results:
+        assert metrics[f"probe/{probes.probe_name(r.hidden)}/test_acc"] == r.test_acc
+        assert metrics[f"probe/{probes.probe_name(r.hidden)}/val_acc"] == r.val_acc
+        assert r.test_acc * 200 == pytest.approx(round(r.test_acc * 200))  # counted over all 200 test codes
+        assert r.val_acc * 80 == pytest.approx(round(r.val_acc * 80))  # and the 80 held out (20% of 400)
     tr, va = probes.seeded_split(600, seed=3)
     assert len(va) == 120 and not set(tr.tolist()) & set(va.tolist()) and len(tr) + len(va) == 600
+
+
+def test_probe_choice_by_validation_with_ties_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The choice rule on results made by hand (training replaced), not on a copy of the production rule.
+
+    Probes in HIDDEN order: linear (val 0.80, test 0.50), 32 (val 0.90, test 0.61), 64 (val 0.90, test 0.73),
+    32-32 (val 0.70, test 0.95). Highest validation accuracy: 0.90, tied by 32 and 64; the tie goes to the
+    smaller probe, listed first: 32, so best_val_test_acc = 0.61 (not 0.73: tie reversed; not 0.95: chosen by
+    test accuracy; not 0.50: the first probe). mean = (0.50 + 0.61 + 0.73 + 0.95) / 4 = 2.79 / 4 = 0.6975;
+    max = 0.95.
+    """
+    table = {(): (0.80, 0.50), (32,): (0.90, 0.61), (64,): (0.90, 0.73), (32, 32): (0.70, 0.95)}
+
+    def fake_train(hidden: tuple[int, ...], *args: object, **kwargs: object) -> probes.ProbeResult:
+        val, test = table[hidden]
+        return probes.ProbeResult(hidden, 1, 0.0, val, test)
+
+    monkeypatch.setattr(probes, "train_probe", fake_train)
+    codes, labels = torch.randn(20, 4), torch.arange(20) % 10
+    metrics, _ = probes.evaluate_probes(codes, labels, codes, labels, seed=0, epochs=1, patience=1, batch_size=4,
+                                        lr=1e-3, hidden_sets=tuple(table))
+    assert metrics["probe/best_val_test_acc"] == 0.61
+    assert metrics["probe/mean_test_acc"] == pytest.approx(0.6975, abs=1e-12)
+    assert metrics["probe/max_test_acc"] == 0.95
+    assert metrics["probe/64/val_acc"] == 0.90 and metrics["probe/32-32/test_acc"] == 0.95
 
 
 # ------------------------------------------------------------------------------------------- trials
@@ -158,23 +187,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-class _Killed(Exception):
-    pass
-
-
-class _KillAfter(LocalReporter):
-    """Dies right after the checkpoint of epoch `last` is stored, as a preempted trial would."""
-
-    def __init__(self, out_dir: Path, last: int) -> None:
-        super().__init__(out_dir, echo=False)
-        self.last = last
-
-    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
-        super().report(epoch, metrics, checkpoint_dir)
-        if epoch >= self.last:
-            raise _Killed
 
 
 def _config(root: Path, **kw: object) -> TrialConfig:
@@ -194,8 +206,8 @@ def test_svhn_trial_beats_chance_is_deterministic_and_resumes(svhn_root: Path, t
     assert any(p.name == "reconstructions.png" for p in full.artifacts)
     assert full.info["ae_train_images"] + full.info["ae_val_images"] == 256
 
-    with pytest.raises(_Killed):
-        run_trial(_config(svhn_root), _KillAfter(tmp_path / "killed", last=1))
+    with pytest.raises(Killed):
+        run_trial(_config(svhn_root), KillAfter(tmp_path / "killed", last=1))
     resumed = LocalReporter(tmp_path / "killed", echo=False)
     again = run_trial(_config(svhn_root), resumed)
     assert [row["epoch"] for row in resumed.history] == [2]  # continued, not restarted

@@ -276,6 +276,17 @@ def test_study_dir_on_full_or_unwritable_disk(capsys, finished_study, tmp_path) 
                  "blocked")
 
 
+def test_second_driver_on_the_same_study_is_refused(capsys, finished_study) -> None:
+    """While one driver holds the study's lock, a second `dpl run` stops with one line and changes nothing."""
+    from study.driver import study_lock
+
+    before = _fingerprint(finished_study / "study")
+    with study_lock(finished_study / "study"):  # flock: a second open file description conflicts, same process too
+        expect_error(capsys, ["run", str(finished_study / "spec.yaml"), "--storage", str(finished_study / "study")],
+                     f"another driver is running this study (pid {os.getpid()})")
+    assert _fingerprint(finished_study / "study") == before
+
+
 def test_resume_of_a_non_study_dir(capsys, tmp_path) -> None:
     expect_error(capsys, ["resume", str(tmp_path)], "is not a study directory", "dpl run")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from study.cli import main
 
 
 def test_eval_superres_cli(tmp_path, photos, capsys) -> None:
-    from skimage.metrics import peak_signal_noise_ratio
+    from skimage.metrics import structural_similarity
 
     (tmp_path / "hr").mkdir()
     (tmp_path / "sr").mkdir()
@@ -22,13 +23,18 @@ def test_eval_superres_cli(tmp_path, photos, capsys) -> None:
     assert main(["eval", "superres", "--sr", str(tmp_path / "sr"), "--hr", str(tmp_path / "hr"), "--scale", "4",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    psnr = next(v for k, v in out.items() if "psnr" in k and isinstance(v, float))
 
-    def y(img):  # BT.601 on 8-bit RGB, rounded like MATLAB's rgb2ycbcr, borders shaved by the scale
-        f = img.astype(np.float64) / 255
-        return np.round(16 + 65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2])[4:-4, 4:-4]
+    def y(img):  # BT.601 on 8-bit RGB, rounded half up like MATLAB's rgb2ycbcr (exact in 1/255000), shaved by 4
+        r, g, b = (img[..., c].astype(np.int64) for c in range(3))
+        return np.floor((4_080_000 + 65481 * r + 128553 * g + 24966 * b) / 255000 + 0.5)[4:-4, 4:-4]
 
-    np.testing.assert_allclose(psnr, peak_signal_noise_ratio(y(hr), y(sr), data_range=255), rtol=1e-4)
+    psnr = 10 * np.log10(255**2 / np.mean((y(hr) - y(sr)) ** 2))  # the definition, peak 255
+    assert out["n"] == 1 and set(out["images"]) == {"coffee"}
+    assert out["psnr"] == pytest.approx(psnr, abs=1e-9, rel=0)
+    assert out["images"]["coffee"]["psnr"] == out["psnr"]
+    ssim = structural_similarity(y(hr), y(sr), gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=255)  # the formula itself is checked in test_superres.py
+    assert out["ssim"] == pytest.approx(ssim, abs=1e-9, rel=0)
 
 
 def test_eval_roads_cli(tmp_path, capsys) -> None:
@@ -61,4 +67,5 @@ def test_eval_superres_identical_images_is_strict_json(tmp_path, photos, capsys)
                  "--json"]) == 0
     text = capsys.readouterr().out
     out = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"non-strict token {c}")))
-    assert "inf" in [v for k, v in out.items() if "psnr" in k]
+    assert out["psnr"] == "inf" and out["images"]["coffee"]["psnr"] == "inf"
+    assert out["ssim"] == 1.0 and out["n"] == 1

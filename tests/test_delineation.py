@@ -20,6 +20,7 @@ from trainables.metrics import ccq
 from trainables.reporting import LocalReporter
 from trainables.tasks import delineation as D
 from trainables.trial import SYNTHETIC_MARKER, run_trial
+from _dying_reporter import KillAfter, Killed
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +110,14 @@ def test_synthesize_layout_and_reader(synth_root: Path, tmp_path: Path) -> None:
     for split in roads.SPLITS:
         tiles = roads.list_tiles(synth_root, split)
         assert tiles and all(t.sat.suffix == ".tiff" and t.map.suffix == ".tif" for t in tiles)
-    img, label = roads.read_pair(roads.list_tiles(synth_root, "train")[0])
+    tile = roads.list_tiles(synth_root, "train")[0]
+    img, label = roads.read_pair(tile)
     assert img.shape == (3, 128, 128) and label.shape == (1, 128, 128)
-    assert set(label.unique().tolist()) == {0.0, 1.0} and 0.01 < label.mean() < 0.3
+    # the reader against PIL's own decoding of the files: 0/255 map -> {0, 1}, 8-bit RGB / 255
+    np.testing.assert_array_equal(label[0].numpy(), (np.asarray(Image.open(tile.map)) == 255).astype(np.float32))
+    np.testing.assert_array_equal(img.permute(1, 2, 0).numpy(),
+                                  np.asarray(Image.open(tile.sat).convert("RGB"), dtype=np.float32) / 255)
+    assert 0.01 < label.mean() < 0.3  # a property of the generator: roads are a minority of the pixels
     with Image.open(roads.list_tiles(synth_root, "train")[0].map) as im:
         assert im.mode == "L" and set(np.unique(np.asarray(im))) == {0, 255}
     # same seed -> same bytes; a missing label is named
@@ -201,9 +207,16 @@ def test_every_paper_network_trains_one_step_at_smoke_crop(network: str) -> None
     x, y = torch.rand(1, 3, crop, crop), (torch.rand(1, 1, crop, crop) > 0.9).float()
     net.train()  # mode=eval: must stay in eval (BatchNorm statistics untouched)
     assert not any(m.training for m in net.body.modules())
-    loss = D.delineation_loss(model(x), y, net, mu=0.01)
+    logits = model(x)
+    loss = D.delineation_loss(logits, y, net, mu=0.01)
+    with torch.no_grad():  # K = 1: weight 1; the formula written out, on the same trunk
+        p = torch.sigmoid(logits[0])
+        feat = ((net(p.repeat(1, 3, 1, 1))[point] - net(y.repeat(1, 3, 1, 1))[point]) ** 2).mean()
+        bce = F.binary_cross_entropy(p, y)
+    assert feat.item() > 0
+    assert loss["feature"].item() == pytest.approx(feat.item(), rel=1e-4, abs=0)
+    assert loss["loss"].item() == pytest.approx((bce + 0.01 * feat).item(), rel=1e-5, abs=0)
     loss["loss"].backward()
-    assert torch.isfinite(loss["loss"]) and loss["feature"].item() > 0
     assert all(p.grad is not None for p in model.parameters())
 
 
@@ -229,20 +242,10 @@ def test_smoke_trial_beats_trivial_predictors(synth_root: Path, tmp_path: Path) 
     assert len([a for a in reporter.artifacts if a.parent.name == "samples"]) == D.BUDGETS["smoke"]["n_overlays"]
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DiesAfterFirstReport(LocalReporter):
-    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
-        super().report(epoch, metrics, checkpoint_dir)
-        raise _Killed
-
-
 def test_resume_after_kill_continues_from_checkpoint(synth_root: Path, tmp_path: Path) -> None:
     cfg = _config(synth_root, epochs=3, steps_per_epoch=2, mu=0.0)
-    with pytest.raises(_Killed):
-        run_trial(cfg, _DiesAfterFirstReport(tmp_path / "out", echo=False))
+    with pytest.raises(Killed):
+        run_trial(cfg, KillAfter(tmp_path / "out"))
     saved = torch.load(tmp_path / "out" / "checkpoint" / "state.pt", weights_only=True)
     assert saved["epoch"] == 1
     reporter = LocalReporter(tmp_path / "out", echo=False)

@@ -239,9 +239,12 @@ def test_synthetic_layout(synth_root: Path) -> None:
     for split, subsets in (("train", bapps.TRAIN_SUBSETS), ("val", bapps.VAL_SUBSETS)):
         for s in subsets:
             ds = bapps.open_subset(synth_root, "2afc", split, s)
-            item = ds[0]
-            assert item["ref"].shape == (3, 64, 64) and 0 <= float(item["judge"]) <= 1
-            assert np.load(synth_root / "2afc" / split / s / "judge" / "000000.npy").shape == (1,)
+            item, d = ds[0], synth_root / "2afc" / split / s
+            judge = np.load(d / "judge" / "000000.npy")
+            assert judge.shape == (1,) and float(item["judge"]) == float(judge[0])  # the file's value, as read
+            for k in ("ref", "p0", "p1"):  # the images as PIL decodes them, / 255
+                pil = np.asarray(Image.open(d / k / "000000.png").convert("RGB"), np.float32) / 255
+                np.testing.assert_array_equal(item[k].permute(1, 2, 0).numpy(), pil)
     for s in bapps.JND_SUBSETS:
         assert len(bapps.open_subset(synth_root, "jnd", "val", s)) == bapps.SYNTH_SIZES["smoke"][2]
 
@@ -402,4 +405,7 @@ def test_trained_trunk_keeps_its_batchnorms(tmp_path: Path) -> None:
         dist, _ = similarity.build_metric(cfg)
         return sum(isinstance(m, torch.nn.BatchNorm2d) for m in dist.net.body.modules())
 
-    assert bns("tune") > 0 and bns("lin") == 0
+    # torchvision's resnet18 up to layer1: bn1 + 2 BasicBlocks x 2 BatchNorms = 5, all kept for training
+    tv = torchvision.models.resnet18(weights=None)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in (tv.bn1, *tv.layer1.modules())) == 5
+    assert bns("tune") == 5 and bns("lin") == 0

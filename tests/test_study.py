@@ -19,7 +19,9 @@ import yaml
 
 from study import tracking
 from study.spec import load_spec, validate
-from trainables.config import ConfigError
+from study.trainable import ATTEMPTS_TAG
+from trainables.config import ConfigError, TrialConfig
+from trainables.reporting import CHECKPOINT_FILE, START_EPOCH_METRIC, LocalReporter
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 
@@ -62,6 +64,20 @@ def trial_runs(study_dir: Path, experiment: str = "toy") -> list[tuple[str, str,
 def dpl(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=os.environ.copy())
+
+
+def attempts(client, run_id: str) -> tuple[int, list[tuple[int, int]]]:
+    """(`dpl.attempts` tag, [(attempt, first epoch it logged)]) of a run: how often it started, and where."""
+    history = [(m.step, int(m.value)) for m in client.get_metric_history(run_id, START_EPOCH_METRIC)]
+    return int(client.get_run(run_id).data.tags[ATTEMPTS_TAG]), history
+
+
+def checkpointed_epoch(study_dir: Path, key: str) -> int | None:
+    """The epoch of a trial's checkpoint in the study's store, read straight from `checkpoints/<key>/`."""
+    import torch
+
+    path = study_dir / "checkpoints" / key / CHECKPOINT_FILE
+    return int(torch.load(path, weights_only=True)["epoch"]) if path.is_file() else None
 
 
 def assert_exactly_once(study_dir: Path, planned: int) -> None:
@@ -142,6 +158,57 @@ def test_resumed_reporter_logs_each_metric_step_once(tmp_path) -> None:
     again.log_metrics(2, {"train/loss": 0.41, "test/score": 0.9})  # the final report, at the last step
     assert [(m.step, m.value) for m in c.get_metric_history(run_id, "train/loss")] == [(1, 0.5), (2, 0.4)]
     assert [(m.step, m.value) for m in c.get_metric_history(run_id, "test/score")] == [(2, 0.9)]
+
+
+def test_each_attempt_records_the_epoch_it_started_from(tmp_path) -> None:
+    """Because repeated steps are skipped, only the attempt record tells a resumed trial from one that
+    started over: `dpl.attempts` counts the attempts started, `attempt/start_epoch` at step n is the first
+    epoch attempt n logged (1 for a fresh start, checkpoint epoch + 1 after a resume)."""
+    from study.trainable import TuneMlflowReporter
+
+    uri = tracking.default_tracking_uri(tmp_path)
+    exp = tracking.init_experiment(uri, "attempts", tmp_path)
+    c = tracking.client(uri)
+    run_id = tracking.attach_trial_run(c, exp, "k1", "k1", {})
+    first = TuneMlflowReporter(c, run_id, tmp_path / "ckpt")
+    assert attempts(c, run_id) == (1, [])  # started, nothing logged yet
+    first.log_metrics(1, {"train/loss": 0.5})
+    first.log_metrics(2, {"train/loss": 0.4})
+    died_early = TuneMlflowReporter(c, run_id, tmp_path / "ckpt")  # killed before its first epoch
+    assert died_early.attempt == 2
+    again = TuneMlflowReporter(c, run_id, tmp_path / "ckpt")  # resumed from the epoch-2 checkpoint
+    again.log_metrics(3, {"train/loss": 0.3})
+    again.log_metrics(4, {"train/loss": 0.2, "test/score": 0.9})
+    assert attempts(c, run_id) == (3, [(1, 1), (3, 3)])
+    assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4]
+
+
+def test_local_rerun_records_its_attempt_in_metrics_jsonl(tmp_path) -> None:
+    """`dpl trial` rerun with the same --out: metrics.jsonl gets one attempt row per run that reported, and
+    the rerun's row says it started right after the checkpointed epoch (read from the file on disk)."""
+    import torch
+
+    from trainables.trial import run_trial
+
+    class DiesAfterEpoch2(LocalReporter):
+        def report(self, epoch, metrics, checkpoint_dir=None):
+            super().report(epoch, metrics, checkpoint_dir)
+            if epoch == 2:
+                raise KeyboardInterrupt  # the trial is stopped here, its epoch-2 checkpoint stored
+
+    config = TrialConfig(task="toy", network="none", points=(), weights="random", params={"epochs": 4})
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(config, DiesAfterEpoch2(out, echo=False))
+    saved = torch.load(out / "checkpoint" / CHECKPOINT_FILE, weights_only=True)["epoch"]
+    assert saved == 2
+    rerun = LocalReporter(out, echo=False)
+    run_trial(config, rerun)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rows if "attempt" in r] == [{"attempt": 1, "start_epoch": 1},
+                                                  {"attempt": 2, "start_epoch": saved + 1}]
+    assert [r["epoch"] for r in rows if "epoch" in r] == [1, 2, 3, 4]
+    assert (rerun.attempt, rerun.start_epoch) == (2, 3) and [r["epoch"] for r in rerun.history] == [3, 4]
 
 
 
@@ -230,6 +297,11 @@ def test_sigkill_driver_then_resume_is_exactly_once(tmp_path, moment) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    # the trials the kill interrupted: attempts started so far (0 if killed before its reporter existed) and
+    # the epoch of the checkpoint each left on disk
+    interrupted = {key: (int(c.get_run(rid).data.tags.get(ATTEMPTS_TAG, 0)), checkpointed_epoch(study_dir, key))
+                   for key, status, rid in trial_runs(study_dir) if status != "FINISHED"}
 
     status = json.loads(dpl("status", str(study_dir), "--json").stdout)
     assert status["driver_running"] is False and status["total"]["finished"] == progress[0] < 6
@@ -238,9 +310,19 @@ def test_sigkill_driver_then_resume_is_exactly_once(tmp_path, moment) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{progress[0]} already finished, {6 - progress[0]} to run" in result.stderr
     assert_exactly_once(study_dir, 6)
-    c = tracking.client(tracking.default_tracking_uri(study_dir))
-    for _, _, run_id in trial_runs(study_dir):  # every epoch once: a killed trial resumed, it did not restart
+    for key, _, run_id in trial_runs(study_dir):  # every epoch once: a killed trial resumed, it did not restart
         assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2, 3]
+        started, history = attempts(c, run_id)
+        if key not in interrupted:  # finished before the kill, or not started yet: one attempt, from epoch 1
+            assert (started, history) == (1, [(1, 1)]), key
+            continue
+        # interrupted: the relaunch's attempt started right after the epoch checkpointed when it was killed
+        before, epoch = interrupted[key]
+        assert started == before + 1, (key, before, history)
+        if epoch is None or epoch < 3:
+            assert history[-1] == (started, (epoch or 0) + 1), (key, epoch, history)
+        else:  # checkpointed every epoch: the relaunch had nothing left to train, so it logged no epoch
+            assert all(a < started for a, _ in history), (key, history)
 
 
 @pytest.mark.slow
@@ -256,6 +338,10 @@ def test_killed_worker_resumes_from_checkpoint_in_same_run(tmp_path) -> None:
     c = tracking.client(tracking.default_tracking_uri(study_dir))
     steps = [m.step for m in c.get_metric_history(run_id, "train/loss")]
     assert steps == [1, 2, 3, 4], steps  # epochs 1-2 before the kill, 3-4 after: no epoch re-run from scratch
+    # ... and the second attempt really resumed: killed in epoch 3, so its last checkpoint was epoch 2 and Ray's
+    # restart began at epoch 3 (a restart from scratch would show (2, 1), the skipped steps hiding it above)
+    assert attempts(c, run_id) == (2, [(1, 1), (2, 3)])
+    assert checkpointed_epoch(study_dir, key) == 4
 
 
 @pytest.mark.slow

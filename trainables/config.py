@@ -79,10 +79,15 @@ class TrialConfig:
         """The extraction point, joined with '+' when a trial fuses several."""
         return "+".join(self.points)
 
-    def identity(self) -> dict[str, Any]:
-        """The settings that define the result (everything but location)."""
+    def identity(self, synthetic: bool | None = None) -> dict[str, Any]:
+        """The settings that define the result (everything but location).
+
+        `synthetic` says whether the data is synthetic when the data root does not exist yet (a study's
+        `data: synthetic` is generated at launch, after `dpl plan` showed the keys); None = look on disk.
+        """
         d = dataclasses.asdict(self)
-        d["data"] = "synthetic" if is_synthetic(d.pop("data_root")) else "real"
+        root = d.pop("data_root")
+        d["data"] = "synthetic" if (is_synthetic(root) if synthetic is None else synthetic) else "real"
         d.pop("device")
         d["points"] = list(self.points)
         d["key_version"] = KEY_VERSION
@@ -105,18 +110,26 @@ class TrialConfig:
         return dataclasses.replace(self, **changes)
 
 
-def trial_key(config: TrialConfig) -> str:
+def trial_key(config: TrialConfig, synthetic: bool | None = None) -> str:
     """Stable 16-hex-digit hash of the resolved settings (sorted-key JSON, so dict order never matters)."""
-    blob = json.dumps(config.identity(), sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(config.identity(synthetic), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def parse_value(text: str) -> Any:
-    """`--set key=value` values: JSON when it parses (numbers, lists, booleans), else the plain string."""
+    """`--set key=value` values: JSON when it parses (numbers, lists, booleans), else the plain string.
+
+    A bracketed list of bare words (`mode=[eval,train]`, what a shell user types) is a list of such values,
+    so `--set` can give a condition list without JSON quoting.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return text
+        pass
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [parse_value(item.strip()) for item in inner.split(",")] if inner else []
+    return text
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, Any]:

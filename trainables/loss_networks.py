@@ -173,14 +173,25 @@ def _is_path(weights: str) -> bool:
 
 
 def _download_state_dict(name: str, enum_name: str) -> dict[str, torch.Tensor]:
+    """torchvision's weights from the torch hub cache (`$TORCH_HOME/hub/checkpoints/<file of Weights.url>`),
+    downloaded first if the file is not there."""
     weights = torchvision.models.get_model_weights(name)[enum_name]
     hub = Path(torch.hub.get_dir()) / "checkpoints"
+    fname = weights.url.rsplit("/", 1)[-1]
+    cached = (hub / fname).is_file()
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        fname = weights.url.rsplit("/", 1)[-1]
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        if cached:  # e.g. a truncated copy put there by hand: not an offline problem, and no traceback
+            raise LossNetworkError(
+                f"cached ImageNet weights {hub / fname} cannot be read ({reason}); delete it to download "
+                f"again, or replace it with a complete copy of {weights.url}"
+            ) from exc
+        if not isinstance(exc, (urllib.error.URLError, OSError, RuntimeError)):
+            raise
         raise LossNetworkError(
-            f"cannot get ImageNet weights {name}.{enum_name} ({type(exc).__name__}: {exc}); this machine may be "
+            f"cannot get ImageNet weights {name}.{enum_name} ({reason}); this machine may be "
             f"offline: put {fname} from {weights.url} into {hub} (set TORCH_HOME to move it) or use --weights random"
         ) from exc
 

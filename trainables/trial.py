@@ -19,10 +19,47 @@ from trainables.config import SYNTHETIC_MARKER, ConfigError, TrialConfig, is_syn
 from trainables.reporting import Reporter
 from trainables.tasks import task_module
 
-__all__ = ["SYNTHETIC_MARKER", "NO_NETWORK", "prepare", "provenance", "run_trial", "pick_device", "seed_everything"]
+__all__ = ["SYNTHETIC_MARKER", "NO_NETWORK", "BASELINE_INFO", "prepare", "provenance", "run_trial", "pick_device", "seed_everything"]
 
-#: The autoencoder's pixel-MSE baseline: no loss network at all.
+#: The pixel-loss baseline of the training tasks: no loss network at all (super-resolution and the
+#: autoencoder train with pixel MSE, delineation with BCE only). A task takes it when its module lists it
+#: in `NETWORKLESS_OK`. Only this exact spelling: "None" or "NONE" are refused, never guessed.
 NO_NETWORK = "none"
+#: `provenance()` records a pixel-baseline trial as {"baseline": "pixel"} (the contract's `dpl.baseline`).
+BASELINE_INFO = {"baseline": "pixel"}
+
+
+def _networkless_tasks() -> list[str]:
+    """Tasks (built-in and plugged in) whose module accepts network "none", for the error message."""
+    from trainables.tasks import all_tasks
+
+    names = []
+    for name in all_tasks():
+        try:
+            if NO_NETWORK in getattr(task_module(name), "NETWORKLESS_OK", ()):
+                names.append(name)
+        except Exception:  # noqa: BLE001 - a broken plug-in must not hide the real error
+            continue
+    return names
+
+
+def check_no_network(config: TrialConfig, task: Any) -> None:
+    """Refuse the pixel baseline where a task has none, and near-misses of its spelling everywhere."""
+    name = config.network
+    if name != NO_NETWORK and name.strip().lower() in (NO_NETWORK, "null", "pixel"):
+        raise ConfigError(f"network: {name!r} is not a network; the pixel-loss baseline is spelled exactly 'none'")
+    if name == NO_NETWORK and NO_NETWORK not in getattr(task, "NETWORKLESS_OK", ()):
+        raise ConfigError(
+            f"network: 'none' (the pixel-loss baseline) is not available for task {config.task}; "
+            f"it is for {', '.join(_networkless_tasks()) or 'no task'}"
+        )
+
+
+def check_renamed(task: Any, overrides: dict[str, Any]) -> None:
+    """A setting a task renamed (`RENAMED_SETTINGS = {old: message}`) is refused with its new name(s)."""
+    for old, new in getattr(task, "RENAMED_SETTINGS", {}).items():
+        if old in overrides:
+            raise ConfigError(f"{old}: this setting was replaced; {new}")
 
 
 def prepare(config: TrialConfig) -> TrialConfig:
@@ -36,15 +73,17 @@ def prepare(config: TrialConfig) -> TrialConfig:
     if config.variant not in task.VARIANTS:
         raise ConfigError(f"variant: {config.variant!r} is not one of {', '.join(task.VARIANTS)} for task {config.task}")
     points = config.points
+    check_no_network(config, task)
+    check_renamed(task, config.params)
     if config.network == NO_NETWORK:
-        if NO_NETWORK not in getattr(task, "NETWORKLESS_OK", ()):
-            raise ConfigError(f"network: 'none' (pixel loss) is only available for the autoencoder task")
         points = ()
     else:
         ln.check_network(config.network)
         points = ln.check_points(config.network, ln.resolve_points(config.network, points or ("all",)))
         ln.weights_enum_name(config.network, config.weights)  # fails early on unknown weight sets
     params = resolve_params(task.BUDGETS, config.budget, config.params)
+    if hasattr(task, "check_params"):  # bad values fail here, before a run is recorded or data is read
+        task.check_params(params)
     config = config.replace(dataset=dataset, points=points, params=params)
     # a task may pin settings its variants imply (similarity `scratch` -> random weights)
     return task.resolve_config(config) if hasattr(task, "resolve_config") else config
@@ -77,7 +116,7 @@ def provenance(config: TrialConfig) -> dict[str, Any]:
         "weights_random": config.weights == "random",
     }
     if config.network == NO_NETWORK:
-        return info
+        return {**info, **BASELINE_INFO}
     task = task_module(config.task)
     size = task.input_size(config)
     enum_name = ln.weights_enum_name(config.network, config.weights)

@@ -20,6 +20,17 @@ DATASETS = {
     "stl10": "trainables.data.stl10",
 }
 
+#: The folder each dataset occupies under a data root: what `dpl data fetch all --out DIR` (and
+#: `dpl data synth all`) writes and what the `quick`, `paper` and `corrected` presets read (their `data:`
+#: paths are relative to the data root, `--data-root` / $DPL_DATA_ROOT / `datasets`).
+ROOT_DIRS = {
+    "bapps": "bapps",
+    "superres": "superres",
+    "roads": "mass_roads",
+    "svhn": "svhn",
+    "stl10": "stl10",
+}
+
 
 def dataset_module(name: str) -> ModuleType:
     if name not in DATASETS:

@@ -26,16 +26,20 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
+from torchvision.transforms import functional as TF
 from torchvision.transforms.functional import gaussian_blur
 
 from trainables.data.download import extract, fetch
 from trainables.errors import DataError, UserError
-from trainables.images import read_rgb
+from trainables.images import read_rgb, to_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm")
 TEST_SETS = ("set5", "set14", "bsd100")
 PROTOCOLS = ("full", "center288")
 CENTER_CROP = 288
+#: How training and validation HR crops are made: `random` native-resolution crops (train; centre crops
+#: for val), or the reference code's `resize_center`: shorter side resized to the crop size, centre crop.
+TRAIN_CROPS = ("random", "resize_center")
 
 # ------------------------------------------------------------------------------------------- sources
 # COCO 2014 (official site). The COCO project publishes no checksums: SHA256SUMS (download.MANIFEST) guards them.
@@ -153,18 +157,26 @@ def center_crop(img: torch.Tensor, side: int) -> torch.Tensor:
     return img[..., top : top + side, left : left + side]
 
 
+def resize_center(img: torch.Tensor, side: int) -> torch.Tensor:
+    """The reference code's crop: torchvision `Resize(side)` (shorter side to `side`, bilinear, on the 8-bit
+    PIL image as its dataset did) then `CenterCrop(side)`; an 8-bit (3, side, side) float image in [0, 1].
+
+    Unlike a native crop this rescales every photograph, so objects appear at a size that depends on the
+    photograph's resolution; kept to reproduce the paper (`train_crop=resize_center`, `eval_protocol=center288`).
+    """
+    pil = Image.fromarray(to_uint8(img))
+    out = TF.center_crop(TF.resize(pil, side, interpolation=TF.InterpolationMode.BILINEAR), [side, side])
+    return TF.to_tensor(out)
+
+
 def prepare_hr(img: torch.Tensor, scale: int, protocol: str = "full") -> torch.Tensor:
     """The HR image a test protocol scores against: `full` = the whole image modcropped to the scale;
-    `center288` = the reference code's protocol, shorter side resized to 288 (bilinear, antialiased, as
-    torchvision's Resize) and centre-cropped to 288 x 288."""
+    `center288` = the reference code's protocol, `resize_center(img, 288)` (its test set used the training
+    transform: shorter side resized to 288, centre 288 x 288 crop)."""
     if protocol == "full":
         return modcrop(img, scale)
     if protocol == "center288":
-        h, w = img.shape[-2:]
-        f = CENTER_CROP / min(h, w)
-        size = (max(CENTER_CROP, round(h * f)), max(CENTER_CROP, round(w * f)))
-        img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        return center_crop(quantise(img), CENTER_CROP)
+        return resize_center(img, CENTER_CROP)
     raise UserError(f"eval_protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
 
 
@@ -196,9 +208,28 @@ class RandomCrops(Dataset):
         return img[:, top : top + self.crop, left : left + self.crop]
 
 
-def center_crops(files: list[Path], crop: int) -> torch.Tensor:
-    """(N, 3, crop, crop) uint8 validation crops, kept in memory (100 x 288^2 x 3 bytes = 25 MB)."""
-    return torch.stack([center_crop(read_rgb(f), crop).mul(255).round().byte() for f in files])
+class ResizeCenterCrops(RandomCrops):
+    """The reference's training images: each job's file resized (shorter side to `crop`) and centre-cropped,
+    so a file always gives the same crop; the per-epoch order is drawn as in RandomCrops."""
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return resize_center(read_rgb(self.files[self.index[i]]), self.crop)
+
+
+def train_crops(kind: str, files: list[Path], crop: int, seed: int, epoch: int, n: int) -> Dataset:
+    """The epoch's HR training crops for `train_crop` = `kind` (see TRAIN_CROPS)."""
+    if kind == "random":
+        return RandomCrops(files, crop, seed, epoch, n)
+    if kind == "resize_center":
+        return ResizeCenterCrops(files, crop, seed, epoch, n)
+    raise UserError(f"train_crop {kind!r}: use one of {', '.join(TRAIN_CROPS)}")
+
+
+def center_crops(files: list[Path], crop: int, kind: str = "random") -> torch.Tensor:
+    """(N, 3, crop, crop) uint8 validation crops, kept in memory (100 x 288^2 x 3 bytes = 25 MB): native
+    centre crops, or for `kind=resize_center` the reference's resize-then-centre-crop."""
+    make = resize_center if kind == "resize_center" else center_crop
+    return torch.stack([make(read_rgb(f), crop).mul(255).round().byte() for f in files])
 
 
 # -------------------------------------------------------------------------------------------- synthetic

@@ -218,10 +218,15 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
-    p = config.params
+def check_params(p: dict[str, Any]) -> None:
+    """One-line errors for settings a trial cannot run with (cheap, touches no data: `dpl plan` calls it)."""
     if p["probe_loss"] not in probes.PROBE_LOSSES:
         raise ConfigError(f"probe_loss: {p['probe_loss']!r} is not one of {', '.join(probes.PROBE_LOSSES)}")
+
+
+def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
+    p = config.params
+    check_params(p)
     state = load_checkpoint(reporter.resume_dir())
     if state is not None and "final" in state:  # finished before: nothing left to do
         return dict(state["final"])

@@ -10,11 +10,14 @@ by the scale), next to the bicubic baseline on the same LR inputs.
 Departures from the reference code (background/reference_impl.md section 3), each deliberate:
 - no BatchNorm on the 3-channel output before tanh (it forced each output channel to zero batch mean);
   `norm=instance` works (the reference's if/if/else made it raise);
-- random (train) and centre (val) crops of the images, not a resize of the whole image to 288;
+- random (train) and centre (val) crops of the images, not a resize of the whole image to 288
+  (`train_crop=resize_center` is the reference's: shorter side resized to crop_size, centre crop);
 - LR = Gaussian blur sigma 1.0 (the reference's PIL radius 1) + antialiased bicubic, quantised to 8 bits;
 - a resumable checkpoint per epoch (model, optimiser, best weights), not only the best weights;
-- test on full images with the MATLAB Y channel and a shave of the scale (the reference's 288 centre crop
-  with a 2 px shave is `eval_protocol=center288`, which shaves by the scale too).
+- test on full images with the MATLAB Y channel, a shave of the scale and Gaussian SSIM (the reference's
+  288 centre crop scored with a 2 px shave and scikit-image's default 7x7 uniform SSIM is
+  `eval_protocol=center288`).
+- `network: none` is the pixel-loss baseline: pixel MSE (plus `tv_weight` x TV), no loss network.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from trainables.distances import feature_mse
 from trainables.images import read_rgb, save_rgb
 from trainables.metrics.sr_metrics import psnr_ssim
 from trainables.reporting import Reporter, load_checkpoint, staged_checkpoint
-from trainables.trial import pick_device
+from trainables.trial import NO_NETWORK, pick_device
 
 DATASETS = ("coco",)
 VARIANTS = ("default",)
@@ -45,6 +48,8 @@ PRIMARY_METRIC = "test/set5/psnr"
 #: Wall time of a trial relative to a similarity trial at the same preset (smoke, 2 cores: 17 s vs ~1 s);
 #: the driver starts the longest trials first so short ones fill in behind them.
 RELATIVE_COST = 15.0
+#: network "none" = the pixel-loss baseline (pixel MSE; no loss network is built).
+NETWORKLESS_OK = (NO_NETWORK,)
 
 _COMMON: dict[str, Any] = {
     "lr": 1e-3,
@@ -53,7 +58,8 @@ _COMMON: dict[str, Any] = {
     "blur_sigma": 1.0,
     "pixel_weight": 0.0,
     "tv_weight": 0.0,
-    "eval_protocol": "full",
+    "eval_protocol": "full",  # reference: center288
+    "train_crop": "random",  # reference: resize_center
     "norm": "batch",
     "n_samples": 2,
 }
@@ -143,11 +149,14 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ run
 
 
-def _check(p: dict[str, Any]) -> None:
+def check_params(p: dict[str, Any]) -> None:
+    """One-line errors for settings a trial cannot run with (cheap, touches no data: `dpl plan` calls it)."""
     if p["crop_size"] % p["scale"]:
         raise ConfigError(f"crop_size: {p['crop_size']} must be a multiple of scale {p['scale']}")
     if p["eval_protocol"] not in data.PROTOCOLS:
         raise ConfigError(f"eval_protocol: {p['eval_protocol']!r} is not one of {', '.join(data.PROTOCOLS)}")
+    if p["train_crop"] not in data.TRAIN_CROPS:
+        raise ConfigError(f"train_crop: {p['train_crop']!r} is not one of {', '.join(data.TRAIN_CROPS)}")
     if p["iterations"] < 0 or p["eval_every"] < 1 or p["batch_size"] < 1:
         raise ConfigError("iterations must be >= 0, eval_every and batch_size >= 1")
 
@@ -179,7 +188,8 @@ def _test(model: nn.Module, root: Path, p: dict[str, Any], device: torch.device,
             for i, f in enumerate(files):
                 hr = data.prepare_hr(read_rgb(f), p["scale"], p["eval_protocol"])
                 sr, bic = (x[0] for x in _score(model, hr[None], p, device))
-                rows.append((*psnr_ssim(sr, hr, p["scale"]), *psnr_ssim(bic, hr, p["scale"])))
+                proto = p["eval_protocol"]
+                rows.append((*psnr_ssim(sr, hr, p["scale"], proto), *psnr_ssim(bic, hr, p["scale"], proto)))
                 if i < p["n_samples"]:
                     for kind, img in (("sr", sr), ("bicubic", bic), ("hr", hr)):
                         reporter.log_artifact(save_rgb(img, Path(tmp) / f"{name}_{f.stem}_{kind}.png"), subdir="samples")
@@ -195,7 +205,7 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
     p = config.params
-    _check(p)
+    check_params(p)
     state = load_checkpoint(reporter.resume_dir())
     if state is not None and state.get("final"):  # finished before: report the result again, train nothing
         reporter.report(state["epoch"], state["final"])
@@ -205,7 +215,8 @@ def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
     # test sets are checked first: a missing one should fail before hours of training, not after
     data.test_files(root)
     train_files = data.seeded_subset(data.list_images(root / "train"), p["train_images"], config.seed)
-    val = data.center_crops(data.seeded_subset(data.list_images(root / "val"), p["val_images"], config.seed), p["crop_size"])
+    val_files = data.seeded_subset(data.list_images(root / "val"), p["val_images"], config.seed)
+    val = data.center_crops(val_files, p["crop_size"], p["train_crop"])
 
     model = TransformNet(p["scale"], p["norm"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
@@ -225,17 +236,22 @@ def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
         steps = min(p["eval_every"], p["iterations"] - (epoch - 1) * p["eval_every"])
         losses = []
         if steps > 0:
-            crops = data.RandomCrops(train_files, p["crop_size"], config.seed, epoch, steps * p["batch_size"])
+            crops = data.train_crops(p["train_crop"], train_files, p["crop_size"], config.seed, epoch,
+                                     steps * p["batch_size"])
             loader = DataLoader(crops, batch_size=p["batch_size"], num_workers=p["num_workers"],
                                 pin_memory=device.type == "cuda", persistent_workers=False)
-            lossnet = lossnet or ln.build_from_config(config).to(device)
+            if config.network != NO_NETWORK:
+                lossnet = lossnet or ln.build_from_config(config).to(device)
             for hr in loader:
                 hr = hr.to(device, non_blocking=True)
                 with torch.no_grad():
                     lr = data.degrade(hr, p["scale"], p["blur_sigma"])
                 sr = model(lr)
-                loss = feature_mse(lossnet, sr, hr)
-                if p["pixel_weight"]:
+                if lossnet is None:  # the pixel-loss baseline
+                    loss = F.mse_loss(sr, hr)
+                else:
+                    loss = feature_mse(lossnet, sr, hr)
+                if lossnet is not None and p["pixel_weight"]:
                     loss = loss + p["pixel_weight"] * F.mse_loss(sr, hr)
                 if p["tv_weight"]:
                     loss = loss + p["tv_weight"] * total_variation(sr)

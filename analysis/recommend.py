@@ -1,0 +1,111 @@
+"""`dpl recommend`: the best (network, point) for a task from any finished study, with cost and Pareto front.
+
+Reads the study like the report does (MLflow only). The score is the benchmark's primary metric, seed-averaged;
+the interval is a t interval over seeds where a cell has several (none otherwise: one run says nothing about
+its spread); the cost is the GFLOPs of the loss network up to the point as the run logged it
+(`gflops_to_point` param). When no run logged it the cost column and the Pareto front are left out and the
+answer says so, rather than guessing.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.runs import aggregate_seeds, client_for, load_results
+
+
+def pareto_front(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """True where no other cell is at least as good on both (higher score, lower cost) and better on one."""
+    s, c = np.asarray(score, float)[:, None], np.asarray(cost, float)[:, None]
+    dominated = ((s.T >= s) & (c.T <= c) & ((s.T > s) | (c.T < c))).any(axis=1)
+    return ~dominated & np.isfinite(score) & np.isfinite(cost)
+
+
+def _interval(mean: float, std: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    if n < 2 or not np.isfinite(std):
+        return math.nan, math.nan
+    lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=std / math.sqrt(n)) if std > 0 else (mean, mean)
+    return float(lo), float(hi)
+
+
+def recommend(tracking_uri: str | None, experiment: str, task: str, dataset: str | None = None,
+              top: int = 10) -> dict[str, Any]:
+    """The answer as a dict: task, dataset, metric, direction, notes, has_cost, baseline, rows (top K by score)
+    and pareto (the front of score vs cost, empty without cost). LookupError names what exists when the
+    task or dataset is not in the study."""
+    problems: list[str] = []
+    df, _ = load_results(client_for(tracking_uri), experiment, problems)
+    tasks = sorted(set(df["task"]) - {""}) if not df.empty else []
+    if task not in tasks:
+        raise LookupError(f"study {experiment!r} has no results for task {task!r}; tasks there: "
+                          f"{', '.join(tasks) or 'none'}")
+    sub = df[df["task"] == task]
+    datasets = sorted(set(sub["dataset"]))
+    if dataset is None and len(datasets) > 1:
+        raise LookupError(f"task {task!r} ran on several datasets ({', '.join(datasets)}): pick one with --dataset")
+    dataset = dataset or datasets[0]
+    if dataset not in datasets:
+        raise LookupError(f"task {task!r} has no dataset {dataset!r} in study {experiment!r}; "
+                          f"datasets: {', '.join(datasets)}")
+    sub = sub[(sub["dataset"] == dataset) & sub["primary"]]
+    trials = sub[sub["run_id"] != ""]
+    notes = list(problems)
+    if trials["weights_random"].fillna(False).astype(bool).any():
+        notes.append("RANDOM loss-network weights: this ranks random networks, not ImageNet features.")
+    if trials["synthetic_data"].fillna(False).astype(bool).any():
+        notes.append("SYNTHETIC data (smoke study): the scores test the pipeline, they are not results.")
+    cells = aggregate_seeds(sub)
+    cells = cells[cells["n"] > 0]
+    if cells.empty:
+        raise LookupError(f"no finished trial of {task}/{dataset} in study {experiment!r}")
+    metric, direction = str(cells["metric"].iloc[0]), str(cells["direction"].iloc[0])
+    base = cells[cells["is_baseline"].astype(bool)]
+    nets = cells[~cells["is_baseline"].astype(bool)].copy()
+    nets = nets.sort_values("aligned", ascending=False).reset_index(drop=True)
+    has_cost = bool(nets["gflops_to_point"].notna().any())
+    if not has_cost:
+        notes.append("cost left out: no run of this study logged gflops_to_point (dpl networks --network N "
+                     "shows it per point).")
+    rows = []
+    for r in nets.itertuples():
+        lo, hi = _interval(r.value, r.std, int(r.n))
+        row = {"rank": len(rows) + 1, "network": r.model, "point": r.point, "setting": r.setting, "score": r.value,
+               "ci_low": lo, "ci_high": hi, "seeds": int(r.n)}
+        if has_cost:
+            row["gflops"] = r.gflops_to_point
+        rows.append(row)
+    front = []
+    if has_cost:
+        mask = pareto_front(nets["aligned"].to_numpy(), nets["gflops_to_point"].to_numpy())
+        front = [rows[i] for i in np.flatnonzero(mask)]
+        front.sort(key=lambda x: x["gflops"])
+    return {"experiment": experiment, "task": task, "dataset": dataset, "metric": metric, "direction": direction,
+            "notes": notes, "has_cost": has_cost, "n_candidates": len(rows),
+            "baseline": float(base["value"].mean()) if len(base) else None, "rows": rows[:top], "pareto": front}
+
+
+def format_text(answer: dict[str, Any]) -> str:
+    """The answer as plain text lines: notes first, then the top table and the Pareto front."""
+    better = "higher" if answer["direction"] != "min" else "lower"
+    lines = [f"{answer['task']}/{answer['dataset']} in study {answer['experiment']}: {answer['metric']} "
+             f"({better} is better), {answer['n_candidates']} (network, point) candidates"]
+    lines += [f"NOTE: {n}" for n in answer["notes"]]
+    cols = ["rank", "network", "point", "setting", "score", "ci_low", "ci_high", "seeds"] + (
+        ["gflops"] if answer["has_cost"] else [])
+
+    def table(rows: list[dict]) -> list[str]:
+        frame = pd.DataFrame(rows, columns=cols)
+        if (frame["setting"] == "all").all():
+            frame = frame.drop(columns="setting")
+        return frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}").splitlines()
+
+    lines += table(answer["rows"])
+    if answer["baseline"] is not None:
+        lines.append(f"pixel-loss baseline (network none): {answer['baseline']:.4g}")
+    if answer["pareto"]:
+        lines += ["Pareto front (no cheaper point scores as well):"] + table(answer["pareto"])
+    return "\n".join(lines)
