@@ -48,6 +48,23 @@ def is_plain_vgg(df: pd.DataFrame) -> pd.Series:
 
 
 # -------------------------------------------------------------------------------------------- VGG without BN
+def _mean_difference_test(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, float]:
+    """(mean(a) - mean(b), one-sided p that it is this low by chance) by permutation of the group labels.
+
+    scipy's permutation_test refuses a group of one (a study with a single plain VGG); then every one of
+    the n labelings puts one element in `a`, so the exact p is the share of elements at most as good."""
+    diff = float(a.mean() - b.mean())
+    if len(a) > 1 and len(b) > 1:
+        res = stats.permutation_test((a, b), lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis),
+                                     permutation_type="independent", alternative="less", vectorized=True,
+                                     n_resamples=N_PERM, rng=seed)
+        return diff, float(res.pvalue)
+    pooled = np.concatenate([a, b])
+    others = (pooled.sum() - pooled) / (len(pooled) - 1)  # mean of the rest when element i is the group of one
+    stat = pooled - others if len(a) == 1 else others - pooled
+    return diff, float(np.mean(stat <= diff + 1e-12 * max(1.0, abs(diff))))
+
+
 def _vgg_result(base: dict, scope: str, ranks: pd.Series, plain: np.ndarray, seed: int) -> TestResult:
     """Mean rank of plain VGGs minus that of the rest (negative = VGG better); exact permutation p when
     the number of label assignments (n choose k) fits in N_PERM, seeded resamples otherwise."""
@@ -58,13 +75,10 @@ def _vgg_result(base: dict, scope: str, ranks: pd.Series, plain: np.ndarray, see
         return TestResult("claim vgg_without_bn_best", **base, scope=scope, statistic="mean_rank_difference",
                           value=None, p_value=None, n=n, hypothesis=VGG_HYPOTHESIS,
                           verdict=f"insufficient data: n={n} ({len(a)} plain VGG, {len(b)} other)")
-    res = stats.permutation_test((a, b), lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis),
-                                 permutation_type="independent", alternative="less", vectorized=True,
-                                 n_resamples=N_PERM, rng=seed)
+    diff, p = _mean_difference_test(a, b, seed)
     # effect size: probability that a plain VGG ranks better than another architecture (ties count 1/2)
     superiority = float(np.mean((a[:, None] < b[None, :]) + 0.5 * (a[:, None] == b[None, :])))
     exact = math.comb(n, len(a)) <= N_PERM
-    diff, p = float(res.statistic), float(res.pvalue)
     verdict = (f"supported: plain VGGs rank {-diff:.2g} places better on average (p={p:.3g})" if p < ALPHA
                else f"not supported: mean rank difference {diff:.2g} (p={p:.3g})")
     return TestResult("claim vgg_without_bn_best", **base, scope=scope, statistic="mean_rank_difference", value=diff,

@@ -1,8 +1,12 @@
 """`analyze`: one call from an MLflow study to results.csv, tables, convention tests, figures and a report.
 
-The report exists twice: Markdown (figures linked, for a repository or a notebook) and a self-contained
-HTML file (figures embedded as base64, so it can be mailed or attached). Both and every file they are made
-from are logged back to MLflow as an analysis run (tag dpl.kind=analysis) in the study's experiment.
+The report exists twice: a self-contained HTML file (figures embedded as data: PNGs, styles inline, no
+script, no external URL: it opens offline and can be mailed or attached) and its Markdown twin (figures
+linked, for papers and pull requests). Both are rendered from one list of `Section`s, in reading order:
+warnings, the paper's claims tested, the average rank, the paper's figures per benchmark, the tables (best
+cell bold), then coverage, baselines, uncertainty, convention tests, protocol comparison, more heatmaps.
+Both and every file they are made from are logged back to MLflow as an analysis run (tag dpl.kind=analysis)
+in the study's experiment.
 """
 from __future__ import annotations
 
@@ -10,16 +14,19 @@ import base64
 import html
 import json
 import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.claims import baseline_comparison, run_claims, summary
 from analysis.conventions import TestResult, run_all
-from analysis.figures import make_figures
+from analysis.figures import Drawn, make_figures
 from analysis.runs import aggregate_seeds, client_for, coverage, coverage_summary, find_experiment, load_results
 from analysis.tables import (
-    average_ranks, best_points, group_name, groups, rank_table, status_table, to_markdown, write_tables,
+    Shown, average_rank_display, average_ranks, best_points, group_name, groups, rank_table, score_display, slug,
+    to_markdown, write_tables,
 )
 from analysis.uncertainty import FLIP_ALPHA, TAU, budget, rank_intervals, read_histories
 
@@ -89,98 +96,229 @@ def _report_tests(conv: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+# ------------------------------------------------------------------------------------------- report model
+@dataclass
+class Sub:
+    """A level-3 heading, with the hypothesis it tests when it is a convention test."""
+
+    title: str
+    hypothesis: str = ""
+
+
+@dataclass
+class Note:
+    """One line of text: what a section without data says instead of an empty table."""
+
+    text: str
+
+
+@dataclass
+class Section:
+    """A level-2 section: title, intro and parts (Sub, Note, Shown table or Drawn figure), in order.
+    `collapsed` sections are folded away in HTML (<details>): detail a reader opens on purpose."""
+
+    title: str
+    intro: str
+    parts: list = field(default_factory=list)
+    collapsed: bool = False
+
+
+def _table_parts(content: object, empty: str) -> list:
+    """A DataFrame, a Shown table or a {"title|hypothesis": table} dict as parts; `empty` for no rows."""
+    items = content.items() if isinstance(content, dict) else [("", content)]
+    parts: list = []
+    for name, table in items:
+        name, _, hyp = name.partition("|")
+        if name:
+            parts.append(Sub(name, hyp))
+        shown = table if isinstance(table, Shown) else Shown.plain(table)
+        parts.append(Note(empty) if shown.empty else shown)
+    return parts or [Note(empty)]
+
+
+def _figure_parts(figures: list[Drawn] | None) -> list:
+    """The paper-style figures of each benchmark's primary metric: heatmap, accuracy scatter, depth curves."""
+    if figures is None:
+        return [Note("Figures were not drawn (analysis run with --no-figures / figures=False).")]
+    primary = [d for d in figures if d.primary]
+    if not primary:
+        return [Note("No figures: no benchmark has a finished trial yet.")]
+    parts: list = []
+    for group in dict.fromkeys(d.group for d in primary):
+        parts.append(Sub(group))
+        parts += [d for d in primary if d.group == group]
+    return parts
+
+
 def _sections(df: pd.DataFrame, cells: pd.DataFrame, plan: list, conv: pd.DataFrame,
-              claims: pd.DataFrame, uncertainty: dict[str, pd.DataFrame] | None = None
-              ) -> list[tuple[str, str, object]]:
-    """The report as (level-2 title, intro text, content) triples; content is a DataFrame, a dict of
-    DataFrames, or a dict of figure lists. Shared by the Markdown and HTML renderers."""
+              claims: pd.DataFrame, uncertainty: dict[str, pd.DataFrame] | None = None,
+              figures: list[Drawn] | None = None, comparison: Section | None = None) -> list[Section]:
+    """The report's sections in reading order: claims, average ranks, the figures, the tables, then the
+    detail (coverage, baselines, uncertainty, convention tests, protocol comparison, more heatmaps). Shared
+    by the Markdown and HTML renderers, so both say the same in the same order."""
     cov = coverage(df, plan)
-    summary = coverage_summary(cov)
+    cov_summary = coverage_summary(cov)
     failed = cov[cov["status"] != "FINISHED"][["task", "dataset", "network", "point", "seed", "status", "error"]]
     ranks = rank_table(best_points(cells)) if not cells.empty else pd.DataFrame()
-    tables = {group_name(k): status_table(g).reset_index() for k, g in groups(cells)}
-    return [
-        ("The paper's claims, tested", "One row per finding of the paper, tested on this study (pooled over its "
-                                       "benchmarks); 'benchmarks' counts the benchmarks significant on their own. "
-                                       "C1 and C2 are claims of absence: 'consistent' means no significant effect. "
-                                       "Every per-benchmark row is in the section Convention tests and in "
-                                       "conventions.json; 'see' names the tables and figures behind each row.",
-         claims),
-        ("Coverage", "Planned trials (plan.json of the study run) against the runs found, by status. "
-                     "Non-finished trials are listed below with their error.",
-         {"summary": summary, "not finished": failed}),
-        ("Average ranks", "One ranking for the study: each architecture ranked on every benchmark (task/dataset) "
-                          "by its best point on the primary metric (1 = best), avg_rank = mean over benchmarks; "
-                          "avg_rank_all_metrics uses each benchmark's mean rank over all its metrics; n_benchmarks "
-                          "= benchmarks the network was ranked on. Pixel baselines are never ranked: see below.",
-         average_ranks(ranks)),
-        ("Pixel baselines", "Per benchmark, the pixel-loss baseline (network none) beside the loss networks: "
-                            "(network, point) cells and architectures (best point) that beat it.",
-         baseline_comparison(cells) if not cells.empty else pd.DataFrame()),
-        ("Uncertainty and budget", "Seed bootstrap of the average rank: seeds resampled within each cell "
-                                   "(benchmark x network x point), ranks recomputed; 95% percentile interval; "
-                                   "flip_share = share of resamples in which a network and the next one swap, "
-                                   f"distinguishable = flip_share <= {FLIP_ALPHA} (empty with one seed per cell). "
-                                   f"Budget: per benchmark, the first epoch from which Kendall tau to the final "
-                                   f"epoch's ranking stays >= {TAU} (budget.csv, tau per epoch in budget_curve.csv).",
-         uncertainty or {}),
-        ("Tables", "Score per network (rows, by ImageNet top-1) and point position L1-L4; "
-                   "'± std (n=seeds)' when several seeds ran; the status for failed or missing cells.", tables),
-        ("Convention tests", "Two-sided p-values unless stated; alpha = 0.05; see docs/ANALYSIS.md. "
-                             "Every test, including per-position and per-network ones, is in conventions.json.",
-         _report_tests(conv)),
+    avg = average_ranks(ranks)
+    tables = {group_name(k): score_display(g) for k, g in groups(cells)}
+    sections = [
+        Section("The paper's claims, tested",
+                "One row per finding of the paper, tested on this study (pooled over its benchmarks); 'benchmarks' "
+                "counts the benchmarks significant on their own. C1 and C2 are claims of absence: 'consistent' "
+                "means no significant effect. Every per-benchmark row is in the section Convention tests and in "
+                "conventions.json; 'see' names the tables and figures behind each row.",
+                _table_parts(claims, "No claim could be tested: the study has no finished trials.")),
+        Section("Average ranks",
+                "One ranking for the study: each architecture ranked on every benchmark (task/dataset) by its "
+                "best point on the primary metric (1 = best, bold = best in the column); 'average rank' = mean "
+                "over benchmarks; 'average rank (all metrics)' uses each benchmark's mean rank over all its "
+                "metrics; 'benchmarks' = benchmarks the network was ranked on. Pixel baselines are never "
+                "ranked: see Pixel baselines.",
+                _table_parts(average_rank_display(avg) if not avg.empty else avg,
+                             "No ranking: no network has a finished trial yet.")),
+        Section("Figures",
+                "Per benchmark (its primary metric), as in the paper: the score of every network at every "
+                "extraction point (heatmap; * and box = each network's best point), ImageNet top-1 against the "
+                "best-point score (convention C1) and the score against the relative depth of the point "
+                "(convention C2). Heatmaps of the other metrics are under 'More heatmaps' at the end.",
+                _figure_parts(figures)),
+        Section("Tables",
+                "Score per network (rows, by ImageNet top-1) and point position L1-L4 (hover a cell for its node "
+                "name; 'best point' names it), each network's best cell in bold; '± std (n=seeds)' when several "
+                "seeds ran; the status for failed or missing cells.",
+                _table_parts(tables, "No tables: the study has no trials yet.")),
+        Section("Coverage", "Planned trials (plan.json of the study run) against the runs found, by status. "
+                            "Non-finished trials are listed below with their error.",
+                _table_parts({"summary": cov_summary}, "No trials planned or found.")
+                + _table_parts({"not finished": failed}, "Every trial finished.")),
+        Section("Pixel baselines", "Per benchmark, the pixel-loss baseline (network none) beside the loss "
+                                   "networks: (network, point) cells and architectures (best point) that beat it.",
+                _table_parts(baseline_comparison(cells) if not cells.empty else pd.DataFrame(),
+                             "No pixel-baseline trial (network none) in this study.")),
+        Section("Uncertainty and budget",
+                "Seed bootstrap of the average rank: seeds resampled within each cell (benchmark x network x "
+                "point), ranks recomputed; 95% percentile interval; flip_share = share of resamples in which a "
+                f"network and the next one swap, distinguishable = flip_share <= {FLIP_ALPHA} (empty with one "
+                f"seed per cell). Budget: per benchmark, the first epoch from which Kendall tau to the final "
+                f"epoch's ranking stays >= {TAU} (budget.csv, tau per epoch in budget_curve.csv).",
+                _table_parts(uncertainty or {}, "No trials yet: nothing to resample.")),
+        Section("Convention tests", "Two-sided p-values unless stated; alpha = 0.05; see docs/ANALYSIS.md. "
+                                    "Every test, including per-position and per-network ones, is in "
+                                    "conventions.json.",
+                _table_parts(_report_tests(conv), "No convention test could run: no finished trials.")),
     ]
+    if comparison is not None:
+        sections.append(comparison)
+    more = [d for d in figures or [] if not d.primary and d.kind == "heatmap"]
+    if more:
+        parts: list = []
+        for d in more:
+            parts += [Sub(d.group), d]
+        sections.append(Section("More heatmaps", "Heatmaps of the metrics that are not their benchmark's primary "
+                                                 "one (folded: open to see them).", parts, collapsed=True))
+    return sections
 
 
-def render_markdown(title: str, warnings: list[str], sections: list, figures: dict[str, list[Path]],
-                    out_dir: Path) -> str:
-    """The Markdown report: tables inline, figures linked relative to `out_dir`."""
+def render_markdown(title: str, warnings: list[str], sections: list[Section], out_dir: Path) -> str:
+    """The Markdown twin (for papers and pull requests): the same sections, tables inline with the best cells
+    **bold**, figures linked relative to `out_dir`."""
     lines = [f"# {title}", ""]
     lines += [f"> **WARNING:** {w}" for w in warnings] + ([""] if warnings else [])
-    for head, intro, content in sections:
-        lines += [f"## {head}", "", intro, ""]
-        items = content.items() if isinstance(content, dict) else [("", content)]
-        for name, table in items:
-            name, _, hyp = name.partition("|")
-            if name:
-                lines += [f"### {name}", ""]
-            if hyp:
-                lines += [f"Hypothesis: {hyp}.", ""]
-            lines += [to_markdown(table) if not table.empty else "(none)", ""]
-    lines += ["## Figures", ""]
-    for kind, paths in figures.items():
-        lines += [f"### {kind}", ""] + [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in paths] + [""]
+    for sec in sections:
+        lines += [f"## {sec.title}", "", sec.intro, ""]
+        for part in sec.parts:
+            if isinstance(part, Sub):
+                lines += [f"### {part.title}", ""]
+                lines += [f"Hypothesis: {part.hypothesis}.", ""] if part.hypothesis else []
+            elif isinstance(part, Note):
+                lines += [part.text, ""]
+            elif isinstance(part, Shown):
+                lines += [to_markdown(part), ""]
+            elif isinstance(part, Drawn):
+                link = part.path.relative_to(out_dir).as_posix()
+                caption = part.caption.replace("*", "\\*")  # the best-point mark is not emphasis
+                lines += [f"![{part.kind}: {part.group}]({link})", "", f"*{caption}*", ""]
     return "\n".join(lines)
 
 
-def render_html(title: str, warnings: list[str], sections: list, figures: dict[str, list[Path]]) -> str:
-    """A self-contained HTML report: same content as the Markdown one, figures embedded as base64 PNG."""
+#: A cell that reads as a number (right-aligned so digits line up); text stays left-aligned.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?( ± .*)?|n/a|–")
+
+
+def _html_table(t: Shown) -> str:
+    """A Shown table as HTML: a named header cell per column, best cells <strong>, tooltips as title=."""
+    e = html.escape
+    head = "".join(f"<th scope='col'>{e(str(c))}</th>" for c in t.frame.columns)
+    rows = []
+    for i in range(len(t.frame)):
+        cells = []
+        for j, col in enumerate(t.frame.columns):
+            text = e(str(t.frame.iat[i, j]))
+            tip = t.titles.iat[i, j]
+            classes = " ".join(c for c, on in (("num", bool(_NUMBER.fullmatch(str(t.frame.iat[i, j])))),
+                                               ("best", bool(t.bold.iat[i, j]))) if on)
+            attrs = (f" title='{e(tip)}'" if tip else "") + (f" class='{classes}'" if classes else "")
+            body = f"<strong>{text}</strong>" if t.bold.iat[i, j] else text
+            cells.append(f"<th scope='row'{attrs}>{body}</th>" if j == 0 else f"<td{attrs}>{body}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _html_figure(d: Drawn) -> str:
+    """A figure embedded as a base64 data: URI (no file or network access when the report is opened)."""
+    e = html.escape
+    data = base64.b64encode(d.path.read_bytes()).decode()
+    return (f"<figure class='{e(d.kind)}'><img alt='{e(d.caption)}' src='data:image/png;base64,{data}'/>"
+            f"<figcaption>{e(d.caption)}</figcaption></figure>")
+
+
+def _anchor(title: str) -> str:
+    return slug(title).lower()
+
+
+_STYLE = (
+    "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1280px;margin:0 auto;"
+    "padding:0 16px 48px;color:#1a1a1a;line-height:1.45}"
+    "h1{font-size:1.6em}h2{border-bottom:2px solid #0072B2;padding-bottom:2px;margin-top:2em}"
+    "h3{margin-top:1.4em}p.intro{color:#444;max-width:80ch}p.note{font-style:italic;color:#555}"
+    ".warning{background:#fff4e5;border-left:6px solid #D55E00;padding:8px 12px;margin:8px 0}"
+    "table{border-collapse:collapse;font-size:13px;margin:6px 0 14px}"
+    "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}td.num{text-align:right}"
+    "thead th{background:#f0f4f8;text-align:center}tbody th{text-align:left;font-weight:normal}"
+    "td.best,th.best{background:#fff3b0}figure{margin:12px 0}"
+    "img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:13px;color:#444}"
+    "details>summary{cursor:pointer}details>summary>h2{display:inline}"
+)
+
+
+def render_html(title: str, warnings: list[str], sections: list[Section]) -> str:
+    """A self-contained HTML report: the same content as the Markdown one; figures embedded as data: URIs,
+    styles inline, no script and no external URL, so it opens offline exactly as it was written."""
     e = html.escape
     body = [f"<h1>{e(title)}</h1>"]
-    body += [f'<div class="warning"><b>WARNING:</b> {e(w)}</div>' for w in warnings]
-    for head, intro, content in sections:
-        body += [f"<h2>{e(head)}</h2>", f"<p>{e(intro)}</p>"]
-        items = content.items() if isinstance(content, dict) else [("", content)]
-        for name, table in items:
-            name, _, hyp = name.partition("|")
-            if name:
-                body.append(f"<h3>{e(name)}</h3>")
-            if hyp:
-                body.append(f"<p><i>Hypothesis: {e(hyp)}.</i></p>")
-            body.append(table.to_html(index=False, na_rep="n/a", float_format=lambda v: f"{v:.4g}", border=0)
-                        if not table.empty else "<p>(none)</p>")
-    body.append("<h2>Figures</h2>")
-    for kind, paths in figures.items():
-        body.append(f"<h3>{e(kind)}</h3>")
-        for p in paths:
-            data = base64.b64encode(p.read_bytes()).decode()
-            body.append(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{data}"/>'
-                        f"<figcaption>{e(p.stem)}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px}.warning{background:#fdd;border:2px solid #c00;"
-             "padding:8px;margin:8px 0}img{max-width:100%}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style>"
-            f"</head><body>{''.join(body)}</body></html>")
+    body += [f"<div class='warning' role='alert'><strong>WARNING:</strong> {e(w)}</div>" for w in warnings]
+    for sec in sections:
+        head = f"<h2 id='{_anchor(sec.title)}'>{e(sec.title)}</h2>"
+        inner = [f"<p class='intro'>{e(sec.intro)}</p>"]
+        for part in sec.parts:
+            if isinstance(part, Sub):
+                inner.append(f"<h3>{e(part.title)}</h3>")
+                if part.hypothesis:
+                    inner.append(f"<p><i>Hypothesis: {e(part.hypothesis)}.</i></p>")
+            elif isinstance(part, Note):
+                inner.append(f"<p class='note'>{e(part.text)}</p>")
+            elif isinstance(part, Shown):
+                inner.append(_html_table(part))
+            elif isinstance(part, Drawn):
+                inner.append(_html_figure(part))
+        if sec.collapsed:
+            body.append(f"<details><summary>{head}</summary>{''.join(inner)}</details>")
+        else:
+            body += [f"<section>{head}", *inner, "</section>"]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{e(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
 
 
 def _study(client, experiment: str, problems: list[str], seed: int) -> tuple:
@@ -282,17 +420,21 @@ def analyze(tracking_uri: str | None, experiment: str, out_dir: Path, seed: int 
     (out_dir / "conventions.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
     conv = conventions_frame(results)
     conv.to_csv(out_dir / "conventions.csv", index=False)
-    figures = make_figures(cells, out_dir / "figures") if figures and not cells.empty else {}
+    drawn = make_figures(cells, out_dir / "figures") if figures and not cells.empty else None
+    if figures and cells.empty:
+        drawn = []
     title = f"Deep perceptual loss study: {experiment}"
     warnings = problems + _warnings(df)
-    sections = _sections(df, cells, plan, conv, claims, uncertainty)
+    compared = None
     if comparison:
-        sections.insert(1, ("Protocol comparison", f"{experiment} against {compare}: each claim's verdict, the "
-                            "Spearman correlation of the two studies' rankings per benchmark, and the networks "
-                            "whose average rank moves most (change = second - first).", comparison))
-    (out_dir / "report.md").write_text(render_markdown(title, warnings, sections, figures, out_dir))
+        compared = Section("Protocol comparison", f"{experiment} against {compare}: each claim's verdict, the "
+                           "Spearman correlation of the two studies' rankings per benchmark, and the networks "
+                           "whose average rank moves most (change = second - first).",
+                           _table_parts(comparison, "Nothing to compare."))
+    sections = _sections(df, cells, plan, conv, claims, uncertainty, drawn, compared)
+    (out_dir / "report.md").write_text(render_markdown(title, warnings, sections, out_dir))
     report = out_dir / "report.html"
-    report.write_text(render_html(title, warnings, sections, figures))
+    report.write_text(render_html(title, warnings, sections))
     if log_to_mlflow:
         run = client.create_run(exp.experiment_id, run_name="analysis",
                                 tags={"dpl.kind": "analysis", "dpl.study": experiment})

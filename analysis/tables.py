@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,103 @@ def status_table(group: pd.DataFrame, numeric: pd.DataFrame | None = None) -> pd
     return table
 
 
+@dataclass
+class Shown:
+    """A table as a person reads it: display strings (first column = row label), which cells are bold, and
+    an optional tooltip per cell. Both renderers (HTML, Markdown) take this, so they bold the same cells."""
+
+    frame: pd.DataFrame
+    bold: pd.DataFrame | None = None
+    titles: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        self.frame = self.frame.reset_index(drop=True)
+        idx, cols = self.frame.index, self.frame.columns
+        self.bold = (pd.DataFrame(False, index=idx, columns=cols) if self.bold is None
+                     else self.bold.reset_index(drop=True).reindex(index=idx, columns=cols).fillna(False).astype(bool))
+        self.titles = (pd.DataFrame("", index=idx, columns=cols) if self.titles is None
+                       else self.titles.reset_index(drop=True).reindex(index=idx, columns=cols).fillna("").astype(str))
+
+    @classmethod
+    def plain(cls, df: pd.DataFrame, digits: int = 4) -> "Shown":
+        """Any DataFrame, numbers formatted (NaN = "n/a"), nothing bold."""
+        return cls(df.apply(lambda col: col.map(lambda v: fmt_cell(v, digits))) if not df.empty else df.astype(str))
+
+    @property
+    def empty(self) -> bool:
+        return self.frame.empty
+
+
+def fmt_cell(v: object, digits: int = 4) -> str:
+    """One table cell as text: floats to `digits` significant digits, NaN/None as "n/a"."""
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+#: A table cell no trial was planned for (the pixel baseline has no L1-L4; a network has no "none" point).
+NOT_PLANNED = "–"
+
+
+def score_display(group: pd.DataFrame, numeric: pd.DataFrame | None = None) -> Shown:
+    """A group's network x point table for people: first column `network`, then L1..L4 (other points by node
+    name), then `best point`; each network's best cell bold (direction-aware, from `best_points`); each
+    cell's tooltip names its extraction point (L1 = features.4 for vgg16, ...). Failed or missing cells show
+    their status, never a blank; cells no trial was planned for show NOT_PLANNED."""
+    best = best_points(group)
+    numeric = score_table(group, best) if numeric is None else numeric
+    shown = status_table(group, numeric)
+    cols = [c for c in numeric.columns if c not in ("best", "best_point")]
+    g = group.assign(column=[column_label(p, q) for p, q in zip(group["position"], group["point"])])
+    points = g.pivot_table(index="model", columns="column", values="point", aggfunc="first")
+    points = points.reindex(index=shown.index, columns=cols)
+    best = best.set_index("model")
+    bold = pd.DataFrame(False, index=shown.index, columns=["network", *cols, "best point"])
+    best_col = []
+    for model in shown.index:
+        if model in best.index:
+            label = column_label(best.loc[model, "best_position"], best.loc[model, "best_point"])
+            if label in bold.columns:
+                bold.loc[model, label] = True
+            best_col.append(label if label == best.loc[model, "best_point"]
+                            else f"{label} = {best.loc[model, 'best_point']}")
+        else:
+            best_col.append("n/a")
+    frame = shown[cols].copy()
+    planned = g.pivot_table(index="model", columns="column", values="n", aggfunc="size").reindex(
+        index=shown.index, columns=cols)
+    frame = frame.mask(planned.isna(), NOT_PLANNED)  # no run and no plan entry: e.g. the pixel baseline at L1
+    frame.insert(0, "network", shown.index)
+    frame["best point"] = best_col
+    frame.columns.name = None
+    titles = points.fillna("").astype(str).copy()
+    titles.insert(0, "network", "")
+    titles["best point"] = ""
+    return Shown(frame, bold.reset_index(drop=True), titles.reset_index(drop=True))
+
+
+#: Display headers of the average-rank table (the CSV keeps the column names).
+_AVG_HEADERS = {"imagenet_top1": "ImageNet top-1 (%)", "avg_rank": "average rank",
+                "avg_rank_all_metrics": "average rank (all metrics)", "n_benchmarks": "benchmarks"}
+
+
+def average_rank_display(avg: pd.DataFrame) -> Shown:
+    """The average-rank table for people: readable headers, the best (lowest) rank of each benchmark column
+    and of the average bold."""
+    rank_cols = [c for c in avg.columns if c not in ("network", "imagenet_top1", "n_benchmarks")]
+    bold = pd.DataFrame(False, index=avg.index, columns=avg.columns)
+    for c in rank_cols:
+        values = pd.to_numeric(avg[c], errors="coerce")
+        if values.notna().any():
+            bold[c] = values == values.min()
+    shown = Shown.plain(avg)
+    shown.bold = bold.reset_index(drop=True)
+    shown.frame.columns = shown.bold.columns = shown.titles.columns = [_AVG_HEADERS.get(c, c) for c in avg.columns]
+    return shown
+
+
 def best_points(cells: pd.DataFrame) -> pd.DataFrame:
     """Per group and model: the best point (max of the direction-aligned score) and its attributes.
 
@@ -142,17 +240,22 @@ def average_ranks(ranks: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index().sort_values(["avg_rank", "network"]).reset_index(drop=True)
 
 
-def to_markdown(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table (no `tabulate` dependency); NaN shows as "n/a"."""
-    d = df.reset_index() if index else df
+def to_markdown(df: pd.DataFrame | Shown, index: bool = False, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table (no `tabulate` dependency); NaN shows as "n/a"; a `Shown` table's
+    bold cells as **x**."""
+    if isinstance(df, Shown):
+        d, bold = df.frame, df.bold.to_numpy()
+    else:
+        d = df.reset_index() if index else df
+        bold = np.zeros(d.shape, bool)
 
-    def fmt(v: object) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "n/a" if math.isnan(v) else f"{v:.{digits}g}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
+    def fmt(v: object, strong: bool) -> str:
+        text = fmt_cell(v, digits).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
+        return f"**{text}**" if strong and text else text
 
     lines = ["| " + " | ".join(map(str, d.columns)) + " |", "|" + "---|" * len(d.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in d.itertuples(index=False)]
+    lines += ["| " + " | ".join(fmt(v, b) for v, b in zip(row, flags)) + " |"
+              for row, flags in zip(d.itertuples(index=False), bold)]
     return "\n".join(lines)
 
 
@@ -164,7 +267,7 @@ def write_tables(cells: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
-    def save(name: str, numeric: pd.DataFrame, shown: pd.DataFrame, index: bool) -> None:
+    def save(name: str, numeric: pd.DataFrame, shown: pd.DataFrame | Shown, index: bool) -> None:
         path = out_dir / f"{slug(name)}.csv"
         numeric.to_csv(path, index=index)
         path.with_suffix(".md").write_text(to_markdown(shown, index=index) + "\n")
@@ -172,7 +275,7 @@ def write_tables(cells: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
 
     for key, g in groups(cells):
         numeric = score_table(g)
-        save(f"table_{group_name(key)}", numeric, status_table(g, numeric), index=True)
+        save(f"table_{group_name(key)}", numeric, score_display(g, numeric), index=True)
     ranks = rank_table(best_points(cells))
     rank_cols = GROUP_KEYS + ["network", "imagenet_top1", "value", "best_point", "rank"]
     save("ranks", ranks[rank_cols], ranks[rank_cols], index=False)

@@ -229,7 +229,8 @@ def budget(hist: pd.DataFrame, tau: float = TAU) -> tuple[pd.DataFrame, pd.DataF
             taus = []
             for e in epochs:
                 now = _ranking_at(h, e)
-                t = stats.kendalltau(now.to_numpy(), final.to_numpy()).statistic if now.notna().all() else math.nan
+                ranked = now.notna().all() and len(now) >= 2  # one network has no ranking to settle (tau is NaN)
+                t = stats.kendalltau(now.to_numpy(), final.to_numpy()).statistic if ranked else math.nan
                 taus.append(t)
                 curve.append({"benchmark": bench, "setting": setting, "epoch": e, "tau": t})
             settle = epochs[-1]

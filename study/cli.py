@@ -138,7 +138,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     for name, root in targets:
         module = dataset_module(name)
         if args.action == "synth":
-            out = module.synthesize(root, seed=args.seed, size=args.size)
+            from trainables.progress import Progress
+
+            with Progress(f"synth {name}", unit="files" if name in ("superres", "roads") else "images") as bar:
+                out = module.synthesize(root, seed=args.seed, size=args.size, progress=bar)
             print(f"wrote synthetic {name} data ({args.size}, seed {args.seed}) to {out}")
         else:
             out = module.download(root)
@@ -241,6 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent,
         ray_address=args.address,
+        checkpoints=args.checkpoints,
+        verbose=args.verbose,
     )
 
 
@@ -250,7 +255,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     spec = load_saved_spec(Path(args.study_dir), data_root=args.data_root)
     return run_study(spec, tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent,
-                     ray_address=args.address)
+                     ray_address=args.address, checkpoints=args.checkpoints, verbose=args.verbose)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -267,6 +272,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from study.status import print_status
 
+    if args.watch:
+        from study.status import watch_status
+
+        return watch_status(Path(args.study_dir), tracking_uri=args.tracking_uri, interval=args.interval,
+                            as_json=args.json)
     return print_status(Path(args.study_dir), tracking_uri=args.tracking_uri, as_json=args.json)
 
 
@@ -288,6 +298,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UserError(str(exc).strip("'\"")) from exc
     for line in problems:  # e.g. an unreadable plan.json: coverage may be incomplete, say so
         print(f"dpl: warning: {line}", file=sys.stderr)
+    from study.tracking import refresh_study_description
+
+    refresh_study_description(tracking_uri, args.experiment)  # the study run's report link names this analysis
     print(f"report written to {out}")
     return 0
 
@@ -331,6 +344,10 @@ def _add_network_flags(p: argparse.ArgumentParser, required: bool = True) -> Non
                         "off = the reference implementation")
     p.add_argument("--seed", type=int, default=0)
 
+
+#: `dpl run --verbose` / `dpl resume --verbose`
+VERBOSE_HELP = ("also show Ray Tune's status tables and the trials' own output (tracebacks included); default: "
+                "one line per trial event and a progress line")
 
 #: = study.spec.PRESETS, spelled out so that parsing stays import-free
 PRESETS = ("smoke", "quick", "paper", "corrected")
@@ -377,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "bapps, superres, mass_roads, svhn, stl10 = what the presets read)")
     p.add_argument("--out", required=True, help="dataset root to write (for all: the data root)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=("smoke", "quick", "paper"), default="smoke", help="synthetic data size")
+    p.add_argument("--size", choices=("smoke", "small"), default="smoke",
+                   help="synthetic data size: smoke (seconds, the smoke preset) or small (a quick-budget study)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("trial", help="run one trial in-process and print its metrics")
@@ -417,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--checkpoints", choices=("auto", "shared", "mlflow"), default=None,
+                   help="where trials keep checkpoints (default: the spec's `checkpoints`, auto): auto = mlflow for an http(s) tracking URI, shared otherwise; "
+                        "mlflow = in the trial's MLflow run (no shared filesystem needed), shared = <study>/checkpoints")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("plan", help="the resolved trials, counts per task and a compute estimate (runs nothing)")
@@ -431,12 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--address")
+    p.add_argument("--checkpoints", choices=("auto", "shared", "mlflow"), default=None,
+                   help="as for `dpl run`")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="coverage of a study: planned / finished / running / failed / pending")
     p.add_argument("study_dir")
     p.add_argument("--tracking-uri")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true",
+                   help="refresh until the study ends (no driver holds its lock and no trial is running); Ctrl-C stops")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch (default 5)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("analyze", help="tables, convention tests, figures and a report from MLflow")
@@ -465,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # MLflow draws a bar per artifact download (plan.json, histories): dozens of lines in a log, none useful
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = build_parser().parse_args(argv)
     from trainables.errors import UserError
 

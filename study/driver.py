@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from study import tracking
-from study.plan import PlannedTrial, ensure_synthetic_data, expand, longest_first, save_plan
+from study.artifact_checkpoints import resolve_mode
+from study.plan import PlannedTrial, ensure_synthetic_data, expand, longest_first, planned_synthetic, save_plan
 from study.spec import StudySpec, save_spec
 from trainables.errors import UserError
 
@@ -115,10 +116,13 @@ def running_ray(address: str | None) -> bool:
     return True
 
 
-def _init_ray(spec: StudySpec, address: str | None) -> bool:
+def _init_ray(spec: StudySpec, address: str | None, verbose: bool = False) -> bool:
     """Connect to (or start) Ray; True when this process started it and must shut it down.
 
     False means Ray was already initialised here (see `running_ray`): it is ready and used as it is.
+    Workers' stdout/stderr reach this console only when `verbose` (`dpl run --verbose`): otherwise each
+    trial is one line per event (`study.console`); a failure's one-line error is in that line and in
+    MLflow (`dpl.error`), its traceback in Ray's worker logs (/tmp/ray/session_latest/logs).
     """
     import ray
 
@@ -127,7 +131,7 @@ def _init_ray(spec: StudySpec, address: str | None) -> bool:
     passed = ("TORCH_HOME", "DPL_CACHE_DIR", "DPL_TASKS", "PYTHONPATH", *tracking.CREDENTIAL_ENV)
     env = {**STUDY_ENV, **{k: v for k, v in os.environ.items() if k in passed}}
     kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env},
-                              "log_to_driver": True, "configure_logging": False}
+                              "log_to_driver": verbose, "configure_logging": False}
     if address:
         ray.init(address=address, **kwargs)
         return True
@@ -136,16 +140,75 @@ def _init_ray(spec: StudySpec, address: str | None) -> bool:
     return True
 
 
-def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str, Any]) -> Any:
-    """One Tuner over `trials` (a grid over their configs); returns Tune's ResultGrid."""
+def _concurrency(spec: StudySpec, n_trials: int) -> int:
+    """How many trials run at once: max_concurrent, else what the cluster's CPUs/GPUs allow (for the ETA)."""
+    import ray
+
+    res, have = spec.raw["resources"], ray.cluster_resources()
+    fits = [int(have.get(k.upper(), 0) // res[k]) for k in ("cpu", "gpu") if res.get(k)]
+    limit = min([spec.raw["max_concurrent"] or n_trials, n_trials, *fits])
+    return max(1, limit)
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for a block (Tune reads some of its switches when the Tuner starts)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ray_storage_path(spec: StudySpec) -> str:
+    """Ray Tune's `storage_path`: the spec's `ray_storage` (a path on the head, or an object-store URI such as
+    s3://bucket/dpl, which Ray writes through pyarrow), else `<study>/ray`. Only Tune's own experiment state
+    lives there: resume reads MLflow and the trial checkpoints, so a local path on the head is enough."""
+    given = spec.raw.get("ray_storage")
+    if given and "://" in given:
+        return given
+    path = Path(given).expanduser().resolve() if given else spec.study_dir / "ray"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def distinct_run_names(plan: list[PlannedTrial]) -> dict[str, str]:
+    """trial key -> MLflow run name, for the trials whose plain name (`tracking.trial_run_name`) another
+    trial of the plan shares, e.g. a grid over a task setting (lr=[1e-3, 1e-4]): those get the settings
+    that differ appended, as the console shows them. Over the whole plan, so a relaunch names them alike."""
+    from study.console import display_names
+    from trainables.config import trial_key
+
+    shown = display_names([t.config for t in plan])
+    return {t.key: shown[trial_key(t.config)] for t in plan
+            if shown[trial_key(t.config)] != tracking.trial_run_name(t.config)}
+
+
+def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str, Any], verbose: bool = False,
+              planned: int | None = None, already_finished: int = 0) -> Any:
+    """One Tuner over `trials` (a grid over their configs); returns Tune's ResultGrid.
+
+    Tune's own tables (status every few seconds, config and result per trial) only when `verbose`;
+    otherwise `study.console` prints one line per trial event and a progress line over the `planned`
+    trials of the study (`already_finished` of them skipped), and Tune's per-error tracebacks are off.
+    """
     from ray import tune
 
+    from study.console import TrialConsole, display_names, tune_callback
     from study.trainable import run_config_trial
 
     res = spec.raw["resources"]
+    callbacks = [] if verbose else [tune_callback(TrialConsole(
+        planned=planned or len(trials), launch=len(trials), already_finished=already_finished,
+        concurrency=_concurrency(spec, len(trials)),
+        names={**display_names([t.config for t in trials]), **_by_config_key(trials, study_info.get("run_names"))}))]
     trainable = tune.with_resources(run_config_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
-    storage = spec.study_dir / "ray"
-    storage.mkdir(parents=True, exist_ok=True)
+    storage = ray_storage_path(spec)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.config.to_dict() for t in trials]), "study": study_info},
@@ -160,10 +223,22 @@ def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str,
             storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=spec.raw["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1,
+            verbose=1 if verbose else 0,
+            callbacks=callbacks,
         ),
     )
-    return tuner.fit()
+    # quiet: Ray's new console output prints its experiment header even at verbose=0, the classic one
+    # nothing; and no traceback per failed task (the console's FAILED line has the one-line error)
+    quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
+    with _env(**({} if verbose else quiet)):
+        return tuner.fit()
+
+
+def _by_config_key(trials: list[PlannedTrial], run_names: dict[str, str] | None) -> dict[str, str]:
+    """`distinct_run_names` re-keyed by `trial_key(config)`, the key the console looks names up by."""
+    from trainables.config import trial_key
+
+    return {trial_key(t.config): run_names[t.key] for t in trials if t.key in (run_names or {})}
 
 
 def close_orphans(c: Any, experiment_id: str, keys: set[str], results: Any) -> None:
@@ -237,7 +312,8 @@ class RayUse:
     owned: bool = False
 
 
-def _prepare_and_start_ray(spec: StudySpec, tracking_uri: str, ray_address: str | None) -> tuple[Launch, RayUse]:
+def _prepare_and_start_ray(spec: StudySpec, tracking_uri: str, ray_address: str | None,
+                           verbose: bool = False) -> tuple[Launch, RayUse]:
     """`_prepare`, and Ray if anything is left to run; (launch, how Ray is used).
 
     On a new local store every trial is still to run, so Ray starts while MLflow creates the store in a
@@ -249,10 +325,10 @@ def _prepare_and_start_ray(spec: StudySpec, tracking_uri: str, ray_address: str 
         launch = _prepare(spec, tracking_uri)
         if not (launch.todo or search):
             return launch, RayUse()
-        return launch, RayUse(ready=True, owned=_init_ray(spec, ray_address))
+        return launch, RayUse(ready=True, owned=_init_ray(spec, ray_address, verbose))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpl-mlflow-setup") as pool:
         pending = pool.submit(_prepare, spec, tracking_uri)
-        owned = _init_ray(spec, ray_address)
+        owned = _init_ray(spec, ray_address, verbose)
         try:
             return pending.result(), RayUse(ready=True, owned=owned)
         except BaseException:
@@ -270,14 +346,23 @@ def run_study(
     cpus_per_trial: float | None = None,
     max_concurrent: int | None = None,
     ray_address: str | None = None,
+    checkpoints: str | None = None,
+    verbose: bool = False,
 ) -> int:
-    """Run every trial of `spec` that is not FINISHED yet. Exit code 0 when all are finished."""
+    """Run every trial of `spec` that is not FINISHED yet. Exit code 0 when all are finished.
+
+    `verbose`: Ray Tune's own tables and the workers' output on the console (`dpl run --verbose`);
+    otherwise one line per trial event and a progress line (`study.console`).
+
+    `checkpoints`: auto | shared | mlflow, where trials keep checkpoints (`study.artifact_checkpoints`).
+    """
     for k, v in STUDY_ENV.items():
         os.environ.setdefault(k, v)
     apply_cli_overrides(spec, gpus_per_trial, cpus_per_trial, max_concurrent)
     study_dir = spec.study_dir
     with study_lock(study_dir):
         tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
+        checkpoint_mode = resolve_mode(checkpoints or spec.raw.get("checkpoints"), tracking_uri)
         expand(spec)  # validate every trial (networks, points, settings) before anything is written
         if spec.raw["search"]["type"] == "optuna":
             from study.search import search_space
@@ -286,7 +371,7 @@ def run_study(
         if running_ray(ray_address):
             print("dpl: using the Ray already initialised in this process (its resources and runtime env; "
                   "it is left running)", file=sys.stderr)
-        launch, ray_use = _prepare_and_start_ray(spec, tracking_uri, ray_address)
+        launch, ray_use = _prepare_and_start_ray(spec, tracking_uri, ray_address, verbose)
         c, experiment_id, plan, todo = launch.c, launch.experiment_id, launch.plan, launch.todo
         weights_note = " (random loss-network weights: nothing can be downloaded here)" if spec.raw["weights"] == "random" else ""
         print(f"dpl: study {spec.name!r} in {study_dir}: {len(plan)} trials planned, "
@@ -298,14 +383,18 @@ def run_study(
             "name": spec.name, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
             "parent_run_id": launch.parent_id, "study_dir": str(study_dir), "git_commit": git_commit(),
             "cpus_per_trial": spec.raw["resources"]["cpu"],
+            "checkpoints": checkpoint_mode, "synthetic": planned_synthetic(study_dir),
+            "run_names": distinct_run_names(plan),
         }
+        tracking.log_params_once(c, launch.parent_id, {"checkpoints": checkpoint_mode})
         try:
             if ray_use.ready and spec.raw["search"]["type"] == "optuna":
                 from study.search import run_optuna
 
-                run_optuna(spec, study_info, c, experiment_id)
+                run_optuna(spec, study_info, c, experiment_id, verbose=verbose)
             elif ray_use.ready and todo:
-                results = run_batch(spec, longest_first(todo), study_info)
+                results = run_batch(spec, longest_first(todo), study_info, verbose=verbose, planned=len(plan),
+                                    already_finished=len(plan) - len(todo))
                 close_orphans(c, experiment_id, {t.key for t in todo}, results)
         finally:
             runs = tracking.runs_by_key(c, experiment_id)
@@ -317,13 +406,20 @@ def run_study(
                 import ray
 
                 ray.shutdown()
-        print(f"dpl: {cov}", file=sys.stderr)
+        print(f"dpl: done: {coverage_line(cov)}", file=sys.stderr)
         for line in tracking.ui_hint(tracking_uri, experiment_id):
             print(f"dpl: {line}", file=sys.stderr)
         if cov.get("failed"):
-            print(f"dpl: {cov['failed']} trial(s) failed; see `dpl status {study_dir}`", file=sys.stderr)
+            more = "" if verbose else "; their tracebacks: rerun with --verbose, or Ray's worker logs"
+            print(f"dpl: {cov['failed']} trial(s) failed; see `dpl status {study_dir}`{more}", file=sys.stderr)
             return 1
         return 0
+
+
+def coverage_line(cov: dict[str, Any]) -> str:
+    """`8/8 finished, 0 failed, 0 running, 0 pending` (the dict, as a person reads it)."""
+    return (f"{cov.get('finished', 0)}/{cov.get('planned', 0)} finished, {cov.get('failed', 0)} failed, "
+            f"{cov.get('running', 0)} running, {cov.get('pending', 0)} pending")
 
 
 def _search_coverage(runs: dict[str, Any]) -> dict[str, Any]:

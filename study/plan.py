@@ -6,9 +6,11 @@ value or a list) and of the task settings given as lists (`tasks.superres.eval_p
 `pixel_baseline: true` adds the network-less trial (network "none") of every task that has one, once per
 (dataset, variant, seed, task-setting combination).
 
-Data marked `synthetic` is generated once per study under `<study>/data/<dataset>` before any trial starts
-(generation is seeded, so every node of a cluster that shares the directory sees the same files). Relative
-data paths are read from the spec's data root (`--data-root`, `$DPL_DATA_ROOT`, `datasets/`).
+Data marked `synthetic` is generated once per study under `<study>/data/<dataset>` before any trial starts;
+plan.json records, per trial on such data, how it was made and the sha256 of its files
+(`synthetic_manifest`), so a node that does not see the study directory regenerates the same bytes and
+checks them (`trainables.data.manifest`). Relative data paths are read from the spec's data root
+(`--data-root`, `$DPL_DATA_ROOT`, `datasets/`).
 
 `plan_report` is what `dpl plan` prints: the trials, counts per task and dataset, and a compute estimate,
 computed without Ray, MLflow or writing anything.
@@ -30,6 +32,8 @@ from trainables.trial import NO_NETWORK, SYNTHETIC_MARKER, prepare
 
 #: Which synthetic generator (= `trainables.data` module) serves which dataset name.
 SYNTH_SOURCE = {"bapps": "bapps", "coco": "superres", "mass_roads": "roads", "svhn": "svhn", "stl10": "stl10"}
+#: The seed every study's synthetic data is generated with (so every node can regenerate the same bytes).
+SYNTH_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,10 @@ def synthetic_datasets(spec: StudySpec) -> dict[str, Path]:
     return out
 
 
+def _synthetic_size(spec: StudySpec) -> str:
+    return "smoke" if all(s.get("budget", "smoke") == "smoke" for s in spec.raw["tasks"].values()) else "small"
+
+
 def ensure_synthetic_data(spec: StudySpec) -> list[Path]:
     """Generate each synthetic dataset once (skipped when its marker exists)."""
     from trainables.data import dataset_module
@@ -105,10 +113,26 @@ def ensure_synthetic_data(spec: StudySpec) -> list[Path]:
     for dataset, root in synthetic_datasets(spec).items():
         if (root / SYNTHETIC_MARKER).is_file():
             continue
-        size = "smoke" if all(s.get("budget", "smoke") == "smoke" for s in spec.raw["tasks"].values()) else "quick"
-        dataset_module(SYNTH_SOURCE[dataset]).synthesize(root, seed=0, size=size)
+        if dataset not in SYNTH_SOURCE:
+            raise ConfigError(f"study spec: dataset {dataset!r} has no synthetic generator (those with one: "
+                              f"{', '.join(SYNTH_SOURCE)}); give its task a `data:` path")
+        dataset_module(SYNTH_SOURCE[dataset]).synthesize(root, seed=SYNTH_SEED, size=_synthetic_size(spec))
         made.append(root)
     return made
+
+
+def synthetic_manifest(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    """dataset -> how its synthetic data was made and the sha256 of its files (`tree_sha256`), for every
+    generated dataset on disk. Recorded in plan.json and handed to the trials: a node that does not see
+    the study directory regenerates the data from it and checks the hash (`trainables.data.manifest`)."""
+    from trainables.data.manifest import tree_sha256
+
+    out = {}
+    for dataset, root in synthetic_datasets(spec).items():
+        if dataset in SYNTH_SOURCE and (root / SYNTHETIC_MARKER).is_file():
+            out[dataset] = {"root": str(root), "generator": SYNTH_SOURCE[dataset], "seed": SYNTH_SEED,
+                            "size": _synthetic_size(spec), "sha256": tree_sha256(root)}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ conditions
@@ -191,10 +215,20 @@ def longest_first(trials: list[PlannedTrial]) -> list[PlannedTrial]:
 
 
 def save_plan(spec: StudySpec, trials: list[PlannedTrial]) -> Path:
+    """plan.json: every trial's summary and config; a trial on generated data also carries that data's
+    manifest (`synthetic_data`: generator, seed, size, sha256), which `planned_synthetic` reads back."""
     path = spec.study_dir / "plan.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = synthetic_manifest(spec)
+    rows = []
+    for t in trials:
+        row = t.summary() | {"config": t.config.to_dict()}
+        entry = manifest.get(t.config.dataset)
+        if entry and entry["root"] == t.config.data_root:
+            row["synthetic_data"] = entry
+        rows.append(row)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([t.summary() | {"config": t.config.to_dict()} for t in trials], indent=1))
+    tmp.write_text(json.dumps(rows, indent=1))
     tmp.replace(path)
     return path
 
@@ -202,6 +236,11 @@ def save_plan(spec: StudySpec, trials: list[PlannedTrial]) -> Path:
 def load_plan(study_dir: Path) -> list[dict[str, Any]]:
     path = Path(study_dir) / "plan.json"
     return json.loads(path.read_text()) if path.is_file() else []
+
+
+def planned_synthetic(study_dir: Path) -> dict[str, dict[str, Any]]:
+    """dataset -> synthetic-data manifest, as `save_plan` recorded it (what the driver hands the trials)."""
+    return {row["dataset"]: row["synthetic_data"] for row in load_plan(study_dir) if row.get("synthetic_data")}
 
 
 # ------------------------------------------------------------------------------------------- compute

@@ -195,7 +195,8 @@ def _sample_value(c: Any, runs: dict[str, Any], trials: list[PlannedTrial], metr
     return statistics.fmean(values)
 
 
-def run_optuna(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_id: str) -> None:
+def run_optuna(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_id: str,
+               verbose: bool = False) -> None:
     import optuna
     from optuna.trial import TrialState
 
@@ -236,7 +237,7 @@ def run_optuna(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_i
         to_run = {p.key: p for _, ps in batch for p in ps
                   if not (p.key in runs and runs[p.key].info.status == tracking.FINISHED)}
         if to_run:
-            results = run_batch(spec, list(to_run.values()), study_info)
+            results = run_batch(spec, list(to_run.values()), study_info, verbose=verbose)
             close_orphans(c, experiment_id, set(to_run), results)
         runs = tracking.runs_by_key(c, experiment_id)
         for number, ps in batch:

@@ -52,6 +52,8 @@ TOP_KEYS = {
     "ray": "mapping of ray.init settings for a local cluster (num_cpus, num_gpus)",
     "search": "mapping: type grid|optuna, num_samples, metric, space",
     "storage": "study directory",
+    "checkpoints": "auto | shared | mlflow: where trials keep checkpoints (auto = mlflow for an http(s) tracking URI)",
+    "ray_storage": "Ray Tune's storage_path: a local path on the head or an object-store URI (default <study>/ray)",
 }
 TASK_KEYS = {
     "datasets": "list of dataset names (default: the task's first)",
@@ -146,6 +148,10 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     mf = _expect(raw.setdefault("max_failures", 2), int, "max_failures", "an integer >= 0")
     if mf < 0:
         raise _fail("max_failures", f"{mf}", "an integer >= 0")
+    if raw.setdefault("checkpoints", "auto") not in ("auto", "shared", "mlflow"):
+        raise _fail("checkpoints", repr(raw["checkpoints"]), "auto | shared | mlflow")
+    if raw.get("ray_storage") is not None:
+        _expect(raw["ray_storage"], str, "ray_storage", "a local path on the head or a URI such as s3://bucket/dpl")
     _check_keys(raw.setdefault("ray", {}), {"num_cpus": "", "num_gpus": ""}, "ray")
     search = _check_keys(raw.setdefault("search", {"type": "grid"}), SEARCH_KEYS, "search")
     if search.setdefault("type", "grid") not in ("grid", "optuna"):

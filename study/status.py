@@ -1,19 +1,23 @@
 """`dpl status DIR`: the study's coverage per task, read from MLflow (the plan comes from the study dir).
 
 A run that is RUNNING while no driver holds the study's lock is shown as `interrupted`: its driver was
-killed, and `dpl resume DIR` continues it from its last checkpoint in the same run.
+killed, and `dpl resume DIR` continues it from its last checkpoint in the same run. `--watch` refreshes
+the same table until the driver lets go of the lock (`watch_status`).
 """
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TextIO
 
 from study import tracking
 from study.driver import driver_alive
 from study.plan import load_plan
-from study.spec import load_saved_spec
+from study.spec import SPEC_FILE, load_saved_spec
+from trainables.errors import UserError
 
 
 def study_status(study_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -67,21 +71,76 @@ def _state(status: str | None, alive: bool) -> str:
     return "pending"
 
 
+def format_status(st: dict[str, Any]) -> list[str]:
+    """The lines `dpl status` prints for a `study_status` result (also each refresh of `--watch`)."""
+    lines = [f"study {st['study']} ({st['study_dir']}), driver {'running' if st['driver_running'] else 'not running'}"]
+    header = ["task", "planned", "finished", "running", "interrupted", "failed", "pending"]
+    rows = [[task, *(str(v[h]) for h in header[1:])] for task, v in st["tasks"].items()]
+    rows.append(["total", *(str(st["total"][h]) for h in header[1:])])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines += [f"FAILED {f['task']} {f.get('network')}:{f.get('point')} [{f['trial_key']}]: {f['error']}"
+              for f in st["failures"]]
+    lines += tracking.ui_hint(st["tracking_uri"], st["experiment_id"])
+    return lines
+
+
 def print_status(study_dir: Path, tracking_uri: str | None = None, as_json: bool = False) -> int:
     st = study_status(study_dir, tracking_uri)
     if as_json:
         print(json.dumps(st, indent=2))
         return 0
-    print(f"study {st['study']} ({st['study_dir']}), driver {'running' if st['driver_running'] else 'not running'}")
-    header = ["task", "planned", "finished", "running", "interrupted", "failed", "pending"]
-    rows = [[task, *(str(v[h]) for h in header[1:])] for task, v in st["tasks"].items()]
-    rows.append(["total", *(str(st["total"][h]) for h in header[1:])])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
-    for f in st["failures"]:
-        print(f"FAILED {f['task']} {f.get('network')}:{f.get('point')} [{f['trial_key']}]: {f['error']}")
-    for line in tracking.ui_hint(st["tracking_uri"], st["experiment_id"]):
-        print(line)
+    print("\n".join(format_status(st)))
     return 0
+
+
+def _snapshot(study_dir: Path, tracking_uri: str | None) -> tuple[list[str], dict[str, Any] | None, bool]:
+    """(lines to show, status or None, whether a driver is still at work) for one `--watch` refresh.
+
+    A driver that holds the lock but has not saved its spec and plan yet is starting: wait for it.
+    """
+    if not (study_dir / SPEC_FILE).is_file() and driver_alive(study_dir):
+        return [f"study {study_dir}: a driver is starting (no spec saved yet)"], None, True
+    st = study_status(study_dir, tracking_uri)
+    return format_status(st), st, bool(st["driver_running"])
+
+
+def watch_status(study_dir: Path, tracking_uri: str | None = None, interval: float = 5.0, as_json: bool = False,
+                 stream: TextIO | None = None, sleep: Callable[[float], None] = time.sleep) -> int:
+    """`dpl status DIR --watch`: refresh every `interval` s until no driver holds the study's lock.
+
+    Once the lock is free nothing can be RUNNING any more (a run left RUNNING shows as interrupted), so
+    that refresh is the last one. On a terminal each refresh redraws the previous one in place (ANSI
+    clear screen, as `watch` does); in a pipe or log each is a block of its own under a time stamp
+    (with --json: one JSON object per line). Ctrl-C stops watching (exit 0: nothing went wrong).
+    """
+    if interval <= 0:
+        raise UserError(f"--interval must be positive, got {interval}; e.g. --interval 5")
+    out = stream or sys.stdout
+    tty = bool(getattr(out, "isatty", lambda: False)())
+    shown = 0
+    try:
+        while True:
+            lines, st, alive = _snapshot(Path(study_dir), tracking_uri)
+            if as_json:
+                out.write(json.dumps(st) + "\n")
+            else:
+                stamp = time.strftime("%H:%M:%S")
+                foot = (f"[{stamp}] refreshing every {interval:g} s; Ctrl-C stops" if alive
+                        else f"[{stamp}] the study's driver is not running: done watching")
+                block = [*lines, foot]
+                if tty:
+                    out.write("\033[H\033[2J")  # home and clear: long lines that wrapped are redrawn too
+                elif shown:
+                    out.write("\n")
+                out.write("\n".join(block) + "\n")
+                shown += 1
+            out.flush()
+            if not alive:
+                return 0
+            sleep(interval)
+    except KeyboardInterrupt:
+        out.write("\n")
+        out.flush()
+        return 0

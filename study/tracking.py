@@ -9,6 +9,7 @@ processes creating a fresh SQLite schema at once fail.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -110,6 +111,8 @@ def init_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
             raise UserError(
                 f"cannot write to the study directory {db.parent} ({exc.strerror}); choose another with --storage"
             ) from exc
+    # a new SQLite store logs its schema migrations at INFO: two lines of noise on `dpl run`'s console
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     c = client(tracking_uri)
     try:
         exp = c.get_experiment_by_name(name)
@@ -277,9 +280,11 @@ def trial_description(config: Any, final_metrics: dict[str, float], primary: str
 
 
 def describe_trial_run(c: Any, run_id: str, config: Any, final_metrics: dict[str, float], primary: str,
-                       directions: dict[str, str] | None = None) -> None:
-    """Give a finished trial run its readable name and its description (also renames runs made earlier)."""
-    c.set_tag(run_id, RUN_NAME_TAG, trial_run_name(config))
+                       directions: dict[str, str] | None = None, run_name: str | None = None) -> None:
+    """Give a finished trial run its readable name and its description (also renames runs made earlier).
+
+    `run_name`: the plan's distinct name when the plain `trial_run_name` is shared (`driver.distinct_run_names`)."""
+    c.set_tag(run_id, RUN_NAME_TAG, run_name or trial_run_name(config))
     c.set_tag(run_id, NOTE_TAG, trial_description(config, final_metrics, primary, directions))
 
 
@@ -328,3 +333,24 @@ def describe_study_run(c: Any, experiment_id: str, parent_id: str, name: str, pl
     newest = max(analyses, key=lambda r: r.info.start_time or 0).info.run_id if analyses else None
     text = study_description(name, coverage_by_task(plan, runs_by_key(c, experiment_id)), experiment_id, newest)
     c.set_tag(parent_id, NOTE_TAG, text)
+
+
+def refresh_study_description(tracking_uri: str | None, experiment_name: str) -> bool:
+    """Rewrite the study run's description after `dpl analyze`, so its report link names the new analysis run
+    at once, not at the next `dpl run`. False when the store holds no study run (an experiment not made by
+    `dpl run`) or its plan cannot be read: the description is then left as it was."""
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return False
+    found = find_runs(c, exp.experiment_id, f"tags.`{KIND_TAG}` = 'study'")
+    if not found:
+        return False
+    parent_id = found[0].info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            plan = json.loads(Path(c.download_artifacts(parent_id, "plan.json", tmp)).read_text())
+        except Exception:  # noqa: BLE001 - a missing/corrupt plan is already reported by the analysis
+            return False
+    describe_study_run(c, exp.experiment_id, parent_id, experiment_name, plan)
+    return True

@@ -1,23 +1,34 @@
 """The Ray Tune function trainable: one trial = `trainables.trial.run_trial` with a Tune + MLflow reporter.
 
-Checkpoints go to two places: Ray (so `FailureConfig` restarts a trial whose worker died) and the study's
-own `checkpoints/<trial key>/` directory (a link swapped by `trainables.reporting.store_checkpoint`, so a kill
-never leaves it half-written), written before `tune.report` returns. A trial resumes from the latter, which is
-always the newest: Ray's experiment state can lag it by an epoch or two, and a fresh driver launch (new Tuner,
-new Ray trial ids) still finds it by key. Every attempt is recorded in the run (`dpl.attempts`,
-`attempt/start_epoch`), so whether a restarted trial resumed or started over is visible, not assumed.
+Where checkpoints go depends on the study's checkpoint mode (`study.artifact_checkpoints.resolve_mode`):
+
+- `shared` (file/SQLite tracking, a study directory every node mounts): to Ray (so `FailureConfig`
+  restarts a trial whose worker died) and to the study's own `checkpoints/<trial key>/` directory (a link
+  swapped by `trainables.reporting.store_checkpoint`, so a kill never leaves it half-written), written
+  before `tune.report` returns. A trial resumes from the latter, which is always the newest: Ray's
+  experiment state can lag it by an epoch or two, and a fresh driver launch (new Tuner, new Ray trial
+  ids) still finds it by key.
+- `mlflow` (an MLflow server): to the trial's MLflow run only (a new artifact version, then the run's
+  `dpl.checkpoint` tag moved to it), and resumed from there on any node; the trial touches neither the
+  head's study directory nor Ray's storage (`tune.report` carries no checkpoint). Synthetic data the node
+  cannot see is regenerated in its cache and checked against the plan's hash.
+
+Every attempt is recorded in the run (`dpl.attempts`, `attempt/start_epoch`), so whether a restarted trial
+resumed or started over is visible, not assumed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import time
 import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
 
-from study import tracking
-from trainables.config import TrialConfig, trial_key
+from study import artifact_checkpoints, tracking
+from trainables.config import TrialConfig, is_synthetic, trial_key
 from trainables.reporting import START_EPOCH_METRIC, newest_checkpoint, store_checkpoint
 
 #: Tag: how many attempts of this trial have started in its run (1 for a trial never interrupted).
@@ -40,10 +51,13 @@ class TuneMlflowReporter:
     attempt that died before logging an epoch leaves its step missing.
     """
 
-    def __init__(self, client: Any, run_id: str, checkpoint_dir: Path) -> None:
+    def __init__(self, client: Any, run_id: str, checkpoint_dir: Path, mode: str = "shared") -> None:
+        """`checkpoint_dir`: the study's `checkpoints/<key>` (mode `shared`), or a node-local scratch folder
+        that resumed checkpoints are downloaded into (mode `mlflow`)."""
         self.client = client
         self.run_id = run_id
         self.checkpoint_dir = checkpoint_dir
+        self.mode = mode
         self.last: dict[str, float] = {}
         run = client.get_run(run_id)
         self.logged_steps = _logged_steps(client, run)
@@ -59,6 +73,10 @@ class TuneMlflowReporter:
         self.last = values
         ray_metrics = {"epoch": epoch, **{k.replace("/", "."): v for k, v in values.items()}}
         if checkpoint_dir is None:
+            tune.report(ray_metrics)
+            return
+        if self.mode == "mlflow":  # resume comes from the run, so Ray needs no (shared) storage for it
+            artifact_checkpoints.upload(self.client, self.run_id, Path(checkpoint_dir))
             tune.report(ray_metrics)
             return
         store_checkpoint(Path(checkpoint_dir), self.checkpoint_dir)
@@ -86,6 +104,8 @@ class TuneMlflowReporter:
                 self.client.set_tag(self.run_id, f"dpl.{key}", str(bool(info[key])).lower())
 
     def resume_dir(self) -> Path | None:
+        if self.mode == "mlflow":
+            return artifact_checkpoints.download(self.client, self.run_id, self.checkpoint_dir)
         newest = newest_checkpoint(self.checkpoint_dir)
         if newest is not None:
             return newest
@@ -103,6 +123,24 @@ def _logged_steps(client: Any, run: Any) -> dict[str, int]:
     return {key: max(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
 
 
+def _planned_synthetic(config: TrialConfig, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan's manifest of this trial's data when that is the study's generated data, else None."""
+    entry = manifest.get(config.dataset)
+    return entry if entry and entry.get("root") == config.data_root else None
+
+
+def _local_synthetic(config: TrialConfig, entry: dict[str, Any]) -> TrialConfig:
+    """The config reading the study's generated data where this node has it: the driver's copy when this
+    node sees it (a shared study directory), else a copy regenerated in this node's cache with the same
+    hash (`trainables.data.manifest.local_copy`; a mismatch is a one-line DataError)."""
+    if is_synthetic(config.data_root):
+        return config
+    from trainables.data.manifest import local_copy
+
+    root = local_copy(config.dataset, entry["generator"], int(entry["seed"]), entry["size"], entry["sha256"])
+    return dataclasses.replace(config, data_root=str(root))
+
+
 def run_config_trial(payload: dict[str, Any]) -> None:
     """The Tune trainable. `payload` = {"trial": TrialConfig dict, "study": {...tracking settings}}.
 
@@ -117,7 +155,9 @@ def run_config_trial(payload: dict[str, Any]) -> None:
 
     study = payload["study"]
     config = TrialConfig.from_dict(payload["trial"])
-    key = trial_key(config)
+    synthetic = _planned_synthetic(config, study.get("synthetic") or {})
+    key = trial_key(config, synthetic=True if synthetic else None)
+    mode = study.get("checkpoints", "shared")
     cpus = study.get("cpus_per_trial") or 1
     torch.set_num_threads(max(1, int(cpus)))
     c = tracking.client(study["tracking_uri"])
@@ -131,16 +171,20 @@ def run_config_trial(payload: dict[str, Any]) -> None:
     }
     if config.network == NO_NETWORK:  # the pixel-loss baseline: analysis reports it beside the ranking
         tags.update({f"dpl.{k}": v for k, v in BASELINE_INFO.items()})
-    run_id = tracking.attach_trial_run(c, study["experiment_id"], key, tracking.trial_run_name(config), tags)
+    run_name = (study.get("run_names") or {}).get(key) or tracking.trial_run_name(config)  # distinct in the plan
+    run_id = tracking.attach_trial_run(c, study["experiment_id"], key, run_name, tags)
     params = {k: getattr(config, k) if k != "point" else config.point for k in tracking.CONFIG_PARAMS}
     params.update({f"hp.{k}": v for k, v in config.params.items()})
     params["git_commit"] = study.get("git_commit")
     tracking.log_params_once(c, run_id, params)
-    reporter = TuneMlflowReporter(c, run_id, Path(study["study_dir"]) / "checkpoints" / key)
+    scratch = Path(tempfile.mkdtemp(prefix=f"dpl-{key}-")) if mode == "mlflow" else None
+    reporter = TuneMlflowReporter(c, run_id, scratch or Path(study["study_dir"]) / "checkpoints" / key, mode=mode)
     try:
+        if synthetic:
+            config = _local_synthetic(config, synthetic)
         final = run_trial(config, reporter)
-        newest = newest_checkpoint(reporter.checkpoint_dir)
-        if newest is not None:
+        newest = newest_checkpoint(reporter.checkpoint_dir) if mode == "shared" else None
+        if newest is not None:  # (mode mlflow: the run already holds it, under the dpl.checkpoint tag)
             c.log_artifacts(run_id, str(newest.resolve()), artifact_path="checkpoint")
     except Exception as exc:  # noqa: BLE001 - recorded, not retried (see docstring)
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -148,6 +192,9 @@ def run_config_trial(payload: dict[str, Any]) -> None:
         traceback.print_exc()
         tune.report({"dpl_failed": 1, "error": message[:500]})
         return
-    tracking.describe_trial_run(c, run_id, config, final, task.PRIMARY_METRIC, task.METRICS)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    tracking.describe_trial_run(c, run_id, config, final, task.PRIMARY_METRIC, task.METRICS, run_name=run_name)
     tracking.finish_run(c, run_id, tracking.FINISHED)
     tune.report({"dpl_done": 1, **{k.replace("/", "."): v for k, v in final.items()}})

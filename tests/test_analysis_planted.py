@@ -196,7 +196,7 @@ def test_one_ranking_over_all_four_benchmarks_equals_scipy(store):
     # all-metrics variant: every metric is the same planted score, so the ranks agree
     assert avg["avg_rank_all_metrics"].to_numpy() == pytest.approx(avg["avg_rank"].to_numpy())
     md = (store["out"] / "report.md").read_text()
-    ranking = md[md.index("## Average ranks"):md.index("## Pixel baselines")]
+    ranking = md[md.index("## Average ranks"):md.index("\n## ", md.index("## Average ranks"))]  # to the next section
     assert ranking.count("| network |") == 1 and "| none |" not in ranking
 
 
@@ -530,3 +530,27 @@ if __name__ == "__main__":
     import sys
 
     print(power_table(n=int(sys.argv[1]) if len(sys.argv) > 1 else 200).to_string(index=False))
+
+
+@pytest.mark.parametrize("plain_index", [0, 3, 5])
+def test_vgg_claim_with_a_single_plain_vgg_gets_the_exact_permutation_p(plain_index) -> None:
+    """A study with one plain VGG (scipy's permutation_test refuses a group of one): the p-value is the
+    enumeration of all n ways to pick the one 'VGG', written out here, and the verdict is not a crash."""
+    import itertools
+
+    from analysis.claims import _vgg_result
+
+    ranks = pd.Series([1.0, 2.0, 3.5, 3.5, 5.0, 6.0], index=[f"net{i}" for i in range(6)])
+    plain = np.zeros(6, bool)
+    plain[plain_index] = True
+    r = ranks.to_numpy()
+    observed = r[plain].mean() - r[~plain].mean()
+    diffs = [r[list(c)].mean() - np.delete(r, list(c)).mean() for c in itertools.combinations(range(6), 1)]
+    expected = np.mean([d <= observed + 1e-12 for d in diffs])
+    res = _vgg_result({"task": "t", "dataset": "d", "metric": "m", "setting": ""}, "per benchmark", ranks, plain, 0)
+    assert res.value == pytest.approx(observed) and res.p_value == pytest.approx(expected)
+    assert res.p_value == pytest.approx((np.sum(r <= r[plain_index])) / 6)  # the VGG's rank among all, over n
+    # and the mirror case: every network but one is a plain VGG
+    res = _vgg_result({"task": "t", "dataset": "d", "metric": "m", "setting": ""}, "per benchmark", ranks, ~plain, 0)
+    diffs = [np.delete(r, list(c)).mean() - r[list(c)].mean() for c in itertools.combinations(range(6), 1)]
+    assert res.p_value == pytest.approx(np.mean([d <= res.value + 1e-12 for d in diffs]))

@@ -8,10 +8,8 @@ view, which is what the runs-table check guards.
 """
 from __future__ import annotations
 
-import html
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _browser import chromium, find_chromium, render, visible_text  # noqa: F401 - chromium is a fixture
 from study import tracking
 from study.plan import expand, save_plan
 from study.spec import load_spec, save_spec
@@ -30,24 +29,6 @@ from trainables.config import trial_key
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 EPOCHS = 3
-
-
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-@pytest.fixture
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("chromium not found in CI: .ci/run installs it (apt-get install chromium)")
-        pytest.skip("chromium not found: `apt-get install chromium` to run the MLflow UI browser test")
-    return path
 
 
 def make_study(tmp_path: Path, monkeypatch) -> tuple[Path, str, dict[str, str]]:
@@ -131,23 +112,6 @@ def study_ui(tmp_path, monkeypatch):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-
-
-def render(chromium: str, url: str, screenshot: Path, budget_ms: int = 20000) -> str:
-    """The page's DOM after its scripts ran, and a screenshot of it (headless Chromium's own CLI)."""
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--window-size=1600,1000", f"--virtual-time-budget={budget_ms}",
-             f"--user-data-dir={screenshot.parent / ('profile-' + screenshot.stem)}"]
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
-    subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=180)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    return dom.stdout
-
-
-def visible_text(dom: str) -> str:
-    """The page's text as a reader gets it: markup, scripts and styles dropped, whitespace collapsed."""
-    text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
-    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))
 
 
 def assert_training_view(text: str) -> None:

@@ -164,3 +164,16 @@ def test_analysis_reads_every_planned_trial_from_the_engines_store(pipeline) -> 
     assert "RANDOM loss-network weights" in md and "SYNTHETIC data" in md
     assert "FAILED" in md and trials[failed["trial_key"].iloc[0]]["error"].split(": ", 1)[1][:60] in md
     assert list((report / "tables").glob("*.csv")), "no score tables written"
+
+
+def test_analyze_points_the_study_runs_description_at_its_analysis_run(pipeline) -> None:
+    """The study run's description (what the MLflow UI shows on it) links the newest analysis run right after
+    `dpl analyze`, not only after the next `dpl run`."""
+    study_dir = pipeline["report"].parent / "study"
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    exp = c.get_experiment_by_name("smoke")
+    analyses = tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'analysis'")
+    assert len(analyses) == 1
+    (study_run,) = tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'study'")
+    note = study_run.data.tags[tracking.NOTE_TAG]
+    assert f"/runs/{analyses[0].info.run_id}" in note, note

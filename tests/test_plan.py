@@ -262,3 +262,23 @@ def test_every_preset_loads_and_the_cli_offers_each(tmp_path) -> None:
     for name in spec.PRESETS:
         assert preset_path(name).is_file()
         assert load_spec(preset=name, storage=tmp_path / name).name == name
+
+
+def test_every_synthetic_size_a_study_or_the_cli_asks_for_exists_in_every_generator(tmp_path) -> None:
+    """A quick-budget study on synthetic data asks each generator for the plan's size; so does `dpl data synth
+    --size`. (It once asked for 'quick', which no generator had, and roads called its larger size 'demo'.)"""
+    from study.cli import build_parser
+    from study.plan import SYNTH_SOURCE, _synthetic_size
+    from study.spec import load_spec
+    from trainables.data import dataset_module
+
+    sizes = set()
+    for budget in ("smoke", "quick", "paper"):
+        path = tmp_path / f"{budget}.yaml"
+        path.write_text(yaml.safe_dump({"name": budget, "tasks": {"superres": {"budget": budget}}}))
+        sizes.add(_synthetic_size(load_spec(path, storage=tmp_path / budget)))
+    synth = next(a for a in build_parser()._subparsers._group_actions[0].choices["data"]._actions
+                 if a.dest == "size")
+    assert sizes == set(synth.choices) == {"smoke", "small"}
+    for dataset, source in SYNTH_SOURCE.items():
+        assert set(dataset_module(source).SYNTH_SIZES) == sizes, dataset

@@ -380,9 +380,9 @@ def test_load_64_trials_8_concurrent_all_recorded(tmp_path) -> None:
     spec = write_spec(tmp_path, name="load", networks=["none"], seeds=list(range(64)), max_concurrent=8,
                       ray={"num_cpus": 8}, tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 2}}})
     study_dir = tmp_path / "study"
-    result = dpl("run", str(spec), "--storage", str(study_dir), timeout=900)
+    result = dpl("run", str(spec), "--storage", str(study_dir), "--verbose", timeout=900)  # workers' output too
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "database is locked" not in result.stderr
+    assert "database is locked" not in result.stderr + result.stdout
     runs = trial_runs(study_dir, "load")
     assert len(runs) == len({k for k, _, _ in runs}) == 64 and {s for _, s, _ in runs} == {"FINISHED"}
     c = tracking.client(tracking.default_tracking_uri(study_dir))

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from trainables.data.download import extract, fetch
 from trainables.errors import DataError, UserError
 from trainables.images import read_rgb, save_rgb
+from trainables.progress import ProgressFn, Ticker
 
 TRAIN_SUBSETS = ("traditional", "cnn", "mix")
 VAL_SUBSETS = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")
@@ -278,9 +279,11 @@ def _observers(p: float, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.array([rng.binomial(n, p) / n], dtype=np.float32)
 
 
-def _write_2afc(d: Path, subset: str, n: int, rng: np.random.Generator) -> None:
+def _write_2afc(d: Path, subset: str, n: int, rng: np.random.Generator, tick: Ticker | None = None) -> None:
     kinds = SUBSET_KINDS[subset]
     for i in range(n):
+        if tick is not None:
+            tick.add()
         ref = _procedural_image(rng)
         k0 = rng.choice(kinds)
         k1 = k0 if rng.random() < 0.5 else rng.choice(kinds)
@@ -295,9 +298,11 @@ def _write_2afc(d: Path, subset: str, n: int, rng: np.random.Generator) -> None:
         np.save(d / "judge" / f"{stem}.npy", _observers(p_prefer_p1, OBSERVERS_2AFC, rng))
 
 
-def _write_jnd(d: Path, subset: str, n: int, rng: np.random.Generator) -> None:
+def _write_jnd(d: Path, subset: str, n: int, rng: np.random.Generator, tick: Ticker | None = None) -> None:
     kinds = SUBSET_KINDS[subset]
     for i in range(n):
+        if tick is not None:
+            tick.add()
         img = _procedural_image(rng)
         s = 0.0 if rng.random() < 0.15 else rng.uniform(0.0, 0.6)
         stem = f"{i:06d}"
@@ -309,13 +314,14 @@ def _write_jnd(d: Path, subset: str, n: int, rng: np.random.Generator) -> None:
         np.save(d / "same" / f"{stem}.npy", _observers(p_same, OBSERVERS_JND, rng))
 
 
-def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
+def synthesize(out: Path, seed: int = 0, size: str = "smoke", progress: ProgressFn | None = None) -> Path:
     """Write a small BAPPS-layout dataset of procedural images whose judgements follow a hidden truth.
 
     Each 2AFC triplet distorts a procedural reference twice (same or different kind) with hidden strengths
     s0, s1; 5 simulated observers prefer p1 with probability sigmoid(12 (s0 - s1)). JND pairs are an image
     and a distortion of strength s (sometimes 0); 3 observers answer "same" with probability
     sigmoid(-12 (s - 0.2)). So a sensible metric scores well above chance, and a random one near 0.5.
+    `progress(done, total)` is told each triplet or pair (`dpl data synth` draws a bar with it).
     """
     from trainables.trial import SYNTHETIC_MARKER
 
@@ -324,12 +330,13 @@ def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
     out = Path(out)
     n_train, n_val, n_jnd = SYNTH_SIZES[size]
     rng = np.random.default_rng(seed)
+    tick = Ticker(progress, n_train * len(TRAIN_SUBSETS) + n_val * len(VAL_SUBSETS) + n_jnd * len(JND_SUBSETS))
     for subset in TRAIN_SUBSETS:
-        _write_2afc(out / "2afc" / "train" / subset, subset, n_train, rng)
+        _write_2afc(out / "2afc" / "train" / subset, subset, n_train, rng, tick)
     for subset in VAL_SUBSETS:
-        _write_2afc(out / "2afc" / "val" / subset, subset, n_val, rng)
+        _write_2afc(out / "2afc" / "val" / subset, subset, n_val, rng, tick)
     for subset in JND_SUBSETS:
-        _write_jnd(out / "jnd" / "val" / subset, subset, n_jnd, rng)
+        _write_jnd(out / "jnd" / "val" / subset, subset, n_jnd, rng, tick)
     marker = {"generator": "trainables.data.bapps.synthesize", "seed": seed, "size": size}
     (out / SYNTHETIC_MARKER).write_text(json.dumps(marker))
     return out

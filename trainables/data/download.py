@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from trainables.errors import DataError
+from trainables.progress import Progress
 
 TIMEOUT_S = 60
 
@@ -84,9 +85,9 @@ def fetch(url: str, dest: Path, checksum: str | None = None, algorithm: str = "m
         request.add_header("Range", f"bytes={offset}-")
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            mode = "ab" if offset and response.status == 206 else "wb"
-            with open(part, mode) as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
+            resumed = bool(offset and response.status == 206)
+            with open(part, "ab" if resumed else "wb") as out:
+                _copy_with_progress(response, out, dest.name, offset if resumed else 0)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise DataError(
             f"cannot download {url} ({getattr(exc, 'reason', exc)}); this machine may be offline: download it "
@@ -98,6 +99,19 @@ def fetch(url: str, dest: Path, checksum: str | None = None, algorithm: str = "m
     part.rename(dest)
     _record_sha256(dest, file_hash(dest, "sha256"))
     return dest
+
+
+def _copy_with_progress(response: Any, out: BinaryIO, name: str, offset: int) -> None:
+    """Copy the response body to `out` in 1 MiB chunks, showing a progress bar on stderr (`Progress`:
+    a bar on a terminal, a line every 10 s in a log). `offset`: bytes already there from a resumed part."""
+    length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+    total = offset + int(length) if length and str(length).isdigit() else 0
+    done = offset
+    with Progress(f"download {name}", unit="B") as bar:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            out.write(chunk)
+            done += len(chunk)
+            bar(done, total)
 
 
 def extract(archive: Path, into: Path) -> Path:

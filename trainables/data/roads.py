@@ -20,12 +20,13 @@ from scipy.ndimage import gaussian_filter
 from trainables.data.download import fetch
 from trainables.errors import DataError, UserError
 from trainables.images import read_rgb
+from trainables.progress import ProgressFn, Ticker
 
 SPLITS = ("train", "valid", "test")
 SAT_SUFFIX, MAP_SUFFIX = ".tiff", ".tif"
 BASE_URL = "https://www.cs.toronto.edu/~vmnih/data/mass_roads/"
 #: synthetic sizes: tile side in pixels and tiles per split
-SYNTH_SIZES = {"smoke": (128, {"train": 6, "valid": 2, "test": 2}), "demo": (256, {"train": 32, "valid": 4, "test": 6})}
+SYNTH_SIZES = {"smoke": (128, {"train": 6, "valid": 2, "test": 2}), "small": (256, {"train": 32, "valid": 4, "test": 6})}
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,12 @@ def _links(html: str, page_url: str, suffix: str) -> list[str]:
 # ------------------------------------------------------------------------------------------- synthesis
 
 
-def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
+def synthesize(out: Path, seed: int = 0, size: str = "smoke", progress: ProgressFn | None = None) -> Path:
     """Road-like tiles in the official layout: curved roads of varying width with junctions, drawn on a
     textured background with buildings, and partly hidden by trees and shadows (the label is not).
 
     Occluders matter: a model must bridge them, which is what the topology-aware loss is about.
+    `progress(done, total)` is told each tile (`dpl data synth` draws a bar with it).
     """
     from trainables.trial import SYNTHETIC_MARKER
 
@@ -152,6 +154,7 @@ def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
     side, counts = SYNTH_SIZES[size]
     out = Path(out)
     rng = np.random.default_rng(seed)
+    tick = Ticker(progress, sum(counts[split] for split in SPLITS))
     for split in SPLITS:
         (out / split / "sat").mkdir(parents=True, exist_ok=True)
         (out / split / "map").mkdir(parents=True, exist_ok=True)
@@ -160,6 +163,7 @@ def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
             stem = f"synth_{split}_{i:04d}"
             Image.fromarray(img).save(out / split / "sat" / f"{stem}{SAT_SUFFIX}")
             Image.fromarray(label).save(out / split / "map" / f"{stem}{MAP_SUFFIX}")
+            tick.add()
     (out / SYNTHETIC_MARKER).write_text(json.dumps({"generator": "trainables.data.roads", "seed": seed, "size": size}))
     return out
 

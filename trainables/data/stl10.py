@@ -16,6 +16,7 @@ import scipy.ndimage
 from trainables.data.download import extract, fetch
 from trainables.data.svhn import check_size, write_marker
 from trainables.errors import DataError, UserError
+from trainables.progress import ProgressFn, Ticker
 
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 MD5 = "91f7769df0f17e558f3565bffb0c7dfb"
@@ -143,15 +144,18 @@ def render_objects(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
-    """Small STL-10-format data in `out/stl10_binary/`, with the synthetic-data marker at `out`."""
+def synthesize(out: Path, seed: int = 0, size: str = "smoke", progress: ProgressFn | None = None) -> Path:
+    """Small STL-10-format data in `out/stl10_binary/`, with the synthetic-data marker at `out`.
+    `progress(done, total)` is told every few hundred images (`dpl data synth` draws a bar with it)."""
     counts = check_size(size, SYNTH_SIZES)
     out = Path(out)
     folder = out / FOLDER
+    tick = Ticker(progress, sum(counts[split] for split in FILES))
     for k, split in enumerate(FILES):
         rng = np.random.default_rng([seed, k])
         labels = rng.integers(0, 10, counts[split])
-        write(folder, split, render_objects(labels, rng), labels if FILES[split][1] else None)
+        write(folder, split, tick.chunks(lambda part: render_objects(part, rng), labels),
+              labels if FILES[split][1] else None)
     (folder / "class_names.txt").write_text("\n".join(SYNTH_CLASSES) + "\n")
     # the real archive's 10 predefined folds over the train split, one line of 0-based indices each
     folds = np.array_split(np.random.default_rng([seed, 99]).permutation(counts["train"]), 10)

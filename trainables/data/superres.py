@@ -32,6 +32,7 @@ from torchvision.transforms.functional import gaussian_blur
 from trainables.data.download import extract, fetch
 from trainables.errors import DataError, UserError
 from trainables.images import read_rgb, to_uint8
+from trainables.progress import ProgressFn, Ticker
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm")
 TEST_SETS = ("set5", "set14", "bsd100")
@@ -241,9 +242,10 @@ SYNTH_SIZES = {
 }
 
 
-def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
+def synthesize(out: Path, seed: int = 0, size: str = "smoke", progress: ProgressFn | None = None) -> Path:
     """Procedural photographs (smooth colour fields, gradients, textures, shapes with sharp and soft edges)
-    in the layout above: JPEG for train/val/bsd100 as in COCO and BSDS300, PNG for Set5/Set14."""
+    in the layout above: JPEG for train/val/bsd100 as in COCO and BSDS300, PNG for Set5/Set14.
+    `progress(done, total)` is told each image (`dpl data synth` draws a bar with it)."""
     from trainables.trial import SYNTHETIC_MARKER
 
     if size not in SYNTH_SIZES:
@@ -251,6 +253,7 @@ def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
     counts, (lo, hi) = SYNTH_SIZES[size]
     out = Path(out)
     rng = np.random.default_rng(seed)
+    tick = Ticker(progress, sum(counts.values()))
     for split, n in counts.items():
         folder = out / (f"test/{split}" if split in TEST_SETS else f"{split}/synth{split}")
         folder.mkdir(parents=True, exist_ok=True)
@@ -261,6 +264,7 @@ def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
                 img.save(folder / f"img_{i + 1:03d}.png")
             else:
                 img.save(folder / f"{i:06d}.jpg", quality=95)
+            tick.add()
     (out / SYNTHETIC_MARKER).write_text(json.dumps({"generator": __name__, "seed": seed, "size": size}))
     return out
 

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from trainables.data.download import fetch
 from trainables.errors import DataError, UserError
+from trainables.progress import ProgressFn, Ticker
 
 URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
 #: The MD5s the official site's files have (the same ones torchvision checks).
@@ -25,6 +26,8 @@ MD5 = {
     "extra": "a93ce644f1a588dc4d68dda5feec44a7",
 }
 SPLITS = tuple(MD5)
+#: The 116-byte descriptive text opening a MAT v5 file (free text by the format), without a timestamp.
+MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: dpl (trainables.data.svhn)".ljust(116)
 #: Images per split written by `synthesize` at each size.
 SYNTH_SIZES = {
     "smoke": {"train": 600, "test": 300, "extra": 800},
@@ -84,6 +87,8 @@ def write(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
     x = np.ascontiguousarray(np.asarray(images, dtype=np.uint8).transpose(2, 3, 1, 0))
     y = np.where(np.asarray(labels) == 0, 10, labels).astype(np.uint8).reshape(-1, 1)
     scipy.io.savemat(path, {"X": x, "y": y}, format="5", do_compression=False)
+    with open(path, "r+b") as f:  # scipy stamps the creation time into the header: fix it, so the same
+        f.write(MAT_HEADER)  # images give the same bytes (a worker regenerating synthetic data checks a hash)
     return path
 
 
@@ -124,15 +129,17 @@ def render_digits(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def synthesize(out: Path, seed: int = 0, size: str = "smoke") -> Path:
-    """Small SVHN-format data (rendered digits 0-9) in `out`, with the synthetic-data marker."""
+def synthesize(out: Path, seed: int = 0, size: str = "smoke", progress: ProgressFn | None = None) -> Path:
+    """Small SVHN-format data (rendered digits 0-9) in `out`, with the synthetic-data marker.
+    `progress(done, total)` is told every few hundred digits (`dpl data synth` draws a bar with it)."""
     counts = check_size(size, SYNTH_SIZES)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    tick = Ticker(progress, sum(counts[split] for split in SPLITS))
     for k, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, k])
         labels = rng.integers(0, 10, counts[split])
-        write(out / file_name(split), render_digits(labels, rng), labels)
+        write(out / file_name(split), tick.chunks(lambda part: render_digits(part, rng), labels), labels)
     write_marker(out, "trainables.data.svhn.synthesize", seed, size)
     return out
 
