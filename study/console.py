@@ -153,7 +153,7 @@ class TrialConsole:
         self.planned, self.launch, self.already = planned, launch, already_finished
         self.names = names or {}
         self.concurrency = max(1, concurrency)
-        self.stream = stream or sys.stderr
+        self._stream = stream  # None: whatever sys.stderr is when a line is written (see `stream`)
         self.clock = clock
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.t0 = clock()
@@ -161,6 +161,12 @@ class TrialConsole:
         self.durations: list[float] = []
         self._drawn = False  # a terminal's progress line is on screen (no newline after it yet)
         self._last_draw = 0.0
+
+    @property
+    def stream(self) -> TextIO:
+        """The given stream, else the current sys.stderr: not held, because Tune pickles its callbacks with the
+        run config, and a captured stderr (pytest's, a notebook's) cannot be pickled."""
+        return self._stream or sys.stderr
 
     # ------------------------------------------------------------------ counts and lines
 

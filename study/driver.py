@@ -199,14 +199,14 @@ def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str,
     """
     from ray import tune
 
-    from study.console import TrialConsole, display_names, tune_callback
+    from study.console import TrialConsole, tune_callback
     from study.trainable import run_config_trial
 
     res = spec.raw["resources"]
     callbacks = [] if verbose else [tune_callback(TrialConsole(
         planned=planned or len(trials), launch=len(trials), already_finished=already_finished,
         concurrency=_concurrency(spec, len(trials)),
-        names={**display_names([t.config for t in trials]), **_by_config_key(trials, study_info.get("run_names"))}))]
+        names=_by_config_key(trials, study_info.get("run_names"))))]  # others: their plain run name
     trainable = tune.with_resources(run_config_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
     storage = ray_storage_path(spec)
     tuner = tune.Tuner(
@@ -384,7 +384,7 @@ def run_study(
             "parent_run_id": launch.parent_id, "study_dir": str(study_dir), "git_commit": git_commit(),
             "cpus_per_trial": spec.raw["resources"]["cpu"],
             "checkpoints": checkpoint_mode, "synthetic": planned_synthetic(study_dir),
-            "run_names": distinct_run_names(plan),
+            "run_names": distinct_run_names(plan), "data_root": spec.raw.get("data_root"),
         }
         tracking.log_params_once(c, launch.parent_id, {"checkpoints": checkpoint_mode})
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 import tempfile
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from study import artifact_checkpoints, tracking
+from study.spec import DATA_ROOT_ENV
 from trainables.config import TrialConfig, is_synthetic, trial_key
 from trainables.reporting import START_EPOCH_METRIC, newest_checkpoint, store_checkpoint
 
@@ -141,6 +143,22 @@ def _local_synthetic(config: TrialConfig, entry: dict[str, Any]) -> TrialConfig:
     return dataclasses.replace(config, data_root=str(root))
 
 
+def node_data(config: TrialConfig, driver_root: str | None, node_root: str | None) -> TrialConfig:
+    """The config reading a real dataset from this node's own data root (`DPL_DATA_ROOT` in the environment
+    `ray start` ran with), when the driver's data root (`driver_root`) holds it at `driver_root/<rel>` and this
+    node has `node_root/<rel>`: nodes without a shared mount each `dpl data fetch all --out <their root>`.
+    Otherwise the driver's path, as on a shared mount or a node laid out like the head. The trial key is the
+    driver's either way (it is computed before)."""
+    if not driver_root or not node_root or is_synthetic(config.data_root):
+        return config
+    try:
+        rel = Path(config.data_root).relative_to(driver_root)
+    except ValueError:  # a dataset the spec names by an absolute path outside the data root
+        return config
+    local = Path(node_root).expanduser().resolve() / rel
+    return dataclasses.replace(config, data_root=str(local)) if local.exists() else config
+
+
 def run_config_trial(payload: dict[str, Any]) -> None:
     """The Tune trainable. `payload` = {"trial": TrialConfig dict, "study": {...tracking settings}}.
 
@@ -182,6 +200,8 @@ def run_config_trial(payload: dict[str, Any]) -> None:
     try:
         if synthetic:
             config = _local_synthetic(config, synthetic)
+        else:
+            config = node_data(config, study.get("data_root"), os.environ.get(DATA_ROOT_ENV))
         final = run_trial(config, reporter)
         newest = newest_checkpoint(reporter.checkpoint_dir) if mode == "shared" else None
         if newest is not None:  # (mode mlflow: the run already holds it, under the dpl.checkpoint tag)

@@ -240,3 +240,25 @@ def test_spec_sets_the_checkpoint_mode_and_rays_storage(tmp_path) -> None:
     assert ray_storage_path(spec(ray_storage="s3://bucket/dpl")) == "s3://bucket/dpl"
     with pytest.raises(UserError, match="ray_storage"):
         spec(ray_storage=3)
+
+
+def test_a_node_reads_real_data_from_its_own_data_root(tmp_path) -> None:
+    """No shared mount: the driver's data root is /driver-side (absent here); a worker started with its own
+    DPL_DATA_ROOT that holds the same layout reads from there; the key stays the driver's."""
+    from study.trainable import node_data
+    from trainables.config import TrialConfig, trial_key
+
+    driver_root, node_root = tmp_path / "driver-datasets", tmp_path / "node-datasets"
+    (node_root / "svhn").mkdir(parents=True)
+    config = TrialConfig(task="autoencoder", network="vgg16", points=("features.3",), dataset="svhn",
+                         data_root=str(driver_root / "svhn"))
+    local = node_data(config, str(driver_root), str(node_root))
+    assert local.data_root == str(node_root / "svhn") and trial_key(local) == trial_key(config)
+    # nothing to map: no node root, a node root without that dataset, a path outside the driver's root, synthetic
+    assert node_data(config, str(driver_root), None) is config
+    assert node_data(TrialConfig(**{**config.to_dict(), "dataset": "stl10", "data_root": str(driver_root / "stl10")}),
+                     str(driver_root), str(node_root)).data_root == str(driver_root / "stl10")
+    outside = TrialConfig(**{**config.to_dict(), "data_root": str(tmp_path / "elsewhere" / "svhn")})
+    assert node_data(outside, str(driver_root), str(node_root)) is outside
+    synthetic = TrialConfig(**{**config.to_dict(), "data_root": "synthetic"})
+    assert node_data(synthetic, str(driver_root), str(node_root)) is synthetic
