@@ -1,14 +1,19 @@
 """The ImageNet-weights path end to end, offline: torchvision's own cache file in, exactly it loaded.
 
-A seeded state dict is put in `$TORCH_HOME/hub/checkpoints/` under the file name torchvision downloads
-(the basename of `Weights.url`), so the real code path runs: `Weights.get_state_dict` ->
-`torch.hub.load_state_dict_from_url` finds the file and reads it. Nothing is patched; the suite's network
-guard (tests/conftest.py) fails any test that would download instead.
+A seeded state dict is put in `$TORCH_HOME/hub/checkpoints/` the way torchvision names its files,
+`<name>-<first 8 hex digits of its sha256>.pth`, and the weight set's URL is pointed at that name (a seeded
+file cannot carry the real file's hash, which the loader checks). Then the real code path runs:
+`torch.hub.load_state_dict_from_url` finds the file and reads it, tensors only. The suite's network guard
+(tests/conftest.py) fails any test that would download instead. A cached file that is not what its name
+says, and a cached pickle that would run code, are refused in one line.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import pathlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,12 +69,26 @@ def seeded_state(name: str, seed: int, **build: object) -> dict[str, torch.Tenso
     return state
 
 
-def put_in_cache(hub: Path, name: str, weights: str, state: dict[str, torch.Tensor]) -> Path:
-    """Save `state` where torchvision looks for `name`'s `weights` (its own file name)."""
-    url = torchvision.models.get_model_weights(name)[weights].url
-    path = hub / url.rsplit("/", 1)[-1]
-    torch.save(state, path)
+def put_in_cache(hub: Path, name: str, weights: str, state: dict[str, torch.Tensor],
+                 monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Save `state` where torchvision looks for `name`'s `weights` under the name it would give the file,
+    `<name>-<sha256 prefix>.pth`, and point the weight set's URL at that name."""
+    return put_bytes_in_cache(hub, name, weights, _saved(state), monkeypatch)
+
+
+def put_bytes_in_cache(hub: Path, name: str, weights: str, data: bytes, monkeypatch: pytest.MonkeyPatch) -> Path:
+    entry = torchvision.models.get_model_weights(name)[weights]
+    base, real_name = entry.url.rsplit("/", 1)
+    path = hub / f"{real_name.rsplit('-', 1)[0]}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    path.write_bytes(data)
+    monkeypatch.setattr(entry.value, "url", f"{base}/{path.name}")
     return path
+
+
+def _saved(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def assert_holds_exactly(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -82,12 +101,12 @@ def assert_holds_exactly(model: nn.Module, state: dict[str, torch.Tensor]) -> No
         assert same, f"{key} is not the tensor saved in the cache file"
 
 
-def test_imagenet_and_named_weight_sets_load_exactly_the_cached_files(checkpoints: Path) -> None:
+def test_imagenet_and_named_weight_sets_load_exactly_the_cached_files(checkpoints: Path, monkeypatch) -> None:
     """`imagenet` is the paper's IMAGENET1K_V1 even where torchvision's DEFAULT is V2 (resnet50); each
     name loads its own file, untouched."""
     v1, v2 = seeded_state("resnet50", 1), seeded_state("resnet50", 2)
-    put_in_cache(checkpoints, "resnet50", "IMAGENET1K_V1", v1)
-    put_in_cache(checkpoints, "resnet50", "IMAGENET1K_V2", v2)
+    put_in_cache(checkpoints, "resnet50", "IMAGENET1K_V1", v1, monkeypatch)
+    put_in_cache(checkpoints, "resnet50", "IMAGENET1K_V2", v2, monkeypatch)
     assert_holds_exactly(ln.build_classifier("resnet50", "imagenet"), v1)
     assert_holds_exactly(ln.build_classifier("resnet50", "IMAGENET1K_V2"), v2)
     net = ln.build_loss_network("resnet50", ["layer1"], weights="imagenet", fold_batchnorm=False)
@@ -97,10 +116,10 @@ def test_imagenet_and_named_weight_sets_load_exactly_the_cached_files(checkpoint
     assert torch.equal(body["layer1.2.bn3.running_var"], v1["layer1.2.bn3.running_var"])
 
 
-def test_cli_weights_flag_uses_the_cached_file(checkpoints: Path, photos: dict[str, Path], capsys) -> None:
+def test_cli_weights_flag_uses_the_cached_file(checkpoints: Path, photos: dict[str, Path], capsys, monkeypatch) -> None:
     """`--weights imagenet` gives exactly what the cached file given as a path gives; V2 does not."""
-    v1 = put_in_cache(checkpoints, "resnet50", "IMAGENET1K_V1", seeded_state("resnet50", 1))
-    put_in_cache(checkpoints, "resnet50", "IMAGENET1K_V2", seeded_state("resnet50", 2))
+    v1 = put_in_cache(checkpoints, "resnet50", "IMAGENET1K_V1", seeded_state("resnet50", 1), monkeypatch)
+    put_in_cache(checkpoints, "resnet50", "IMAGENET1K_V2", seeded_state("resnet50", 2), monkeypatch)
 
     def distance(weights: str) -> float:
         argv = ["distance", str(photos["astronaut"]), str(photos["chelsea"]), "--network", "resnet50",
@@ -134,12 +153,13 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", ln.TRANSFORM_INPUT_NETWORKS)
-def test_transform_input_auto_is_what_torchvision_does_with_its_weights(name: str, checkpoints: Path) -> None:
+def test_transform_input_auto_is_what_torchvision_does_with_its_weights(name: str, checkpoints: Path,
+                                                                       monkeypatch) -> None:
     """torchvision's own builder with these weights reads the same cache file and turns transform_input
     on; `auto` must give its features at all 4 points, `off` those of the model with it turned off."""
     # torchvision's files hold the auxiliary heads too (its builder loads them, then drops them)
     state = seeded_state(name, 3, aux_logits=True, init_weights=False)
-    put_in_cache(checkpoints, name, "IMAGENET1K_V1", state)
+    put_in_cache(checkpoints, name, "IMAGENET1K_V1", state, monkeypatch)
     reference = torchvision.models.get_model(name, weights="IMAGENET1K_V1").eval()
     assert reference.transform_input is True
     points = ln.REGISTRY[name].points
@@ -165,41 +185,97 @@ def test_transform_input_auto_is_what_torchvision_does_with_its_weights(name: st
 
 
 def test_offline_with_empty_cache_is_one_actionable_line(
-    checkpoints: Path, photos: dict[str, Path], network_guard, monkeypatch: pytest.MonkeyPatch, capsys
+    checkpoints: Path, photos: dict[str, Path], network_guard, capsys
 ) -> None:
     """No file in the cache and no network: `dpl` says in one line which file to put where (or to use
-    random weights), exits non-zero, and does not hang. The download really is attempted (the guard sees
-    it): torchvision calls the `load_state_dict_from_url` it imported by name, so patching
-    `torch.hub.load_state_dict_from_url`, as an earlier version of this test did, changes nothing."""
-    patched: list[str] = []
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, *a, **k: patched.append(url))
+    random weights), exits non-zero, and does not hang. The download really is attempted: the guard sees it."""
     start = time.monotonic()
     with network_guard.expected() as tried:
         rc = main(["distance", str(photos["astronaut"]), str(photos["chelsea"]), "--network", "squeezenet1_1",
                    "--layer", "features.1", "--weights", "imagenet"])
     assert time.monotonic() - start < 30
     assert rc == EXIT_USER_ERROR
-    assert any("download.pytorch.org" in t for t in tried) and patched == []
+    assert any("download.pytorch.org" in t for t in tried)
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     fname = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
     assert err.startswith("dpl: error: cannot get ImageNet weights squeezenet1_1.IMAGENET1K_V1")
     assert f"put {fname} " in err and str(checkpoints) in err and "TORCH_HOME" in err and "--weights random" in err
-    assert not (checkpoints / fname).exists()  # no partial file that the next run would take for the weights
+    assert not list(checkpoints.iterdir())  # no partial file that the next run would take for the weights
+
+
+def distance_with_imagenet_weights(photos: dict[str, Path], capsys) -> tuple[int, str]:
+    """`dpl distance` with squeezenet1_1's ImageNet weights: (exit code, stderr stripped)."""
+    rc = main(["distance", str(photos["astronaut"]), str(photos["chelsea"]), "--network", "squeezenet1_1",
+               "--layer", "features.1"])
+    return rc, capsys.readouterr().err.strip()
+
+
+def test_a_cached_file_that_is_not_what_its_name_says_is_refused(checkpoints: Path, photos, capsys) -> None:
+    """A complete, loadable state dict under torchvision's real file name, whose sha256 does not start with
+    the prefix in that name (torch checks it only when it downloads): refused in one line, not loaded as
+    ImageNet weights; the same file given as a path is the user's own and loads."""
+    real_name = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    path = checkpoints / real_name
+    path.write_bytes(_saved(seeded_state("squeezenet1_1", 6)))
+    rc, err = distance_with_imagenet_weights(photos, capsys)
+    assert rc == EXIT_USER_ERROR and "\n" not in err
+    assert err.startswith(f"dpl: error: cached ImageNet weights {path} are not the file published at")
+    assert f"its name says {real_name.rsplit('-', 1)[1].split('.')[0]}" in err and "--weights PATH" in err
+    assert main(["distance", str(photos["astronaut"]), str(photos["chelsea"]), "--network", "squeezenet1_1",
+                 "--layer", "features.1", "--weights", str(path)]) == 0
+
+
+class WritesMarker:
+    """Unpickling this (what `torch.load(weights_only=False)` does) writes a file: code from the cache ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return pathlib.Path.write_text, (pathlib.Path(self.marker), "code from the cache ran")
+
+
+@pytest.mark.parametrize("named", ["with_its_own_hash", "as_the_real_file"])
+def test_a_cached_pickle_never_runs(named: str, checkpoints: Path, photos, capsys, monkeypatch, tmp_path) -> None:
+    """A pickle in the cache that runs code when unpickled: nothing of it runs, and the user gets one line.
+    Under a name carrying its own hash, only loading tensors-only stops it; under the real file's name, the
+    hash check refuses it before it is opened as a pickle."""
+    marker = tmp_path / "marker"
+    data = _saved({"features.0.weight": torch.zeros(1), "payload": WritesMarker(marker)})
+    check = tmp_path / "check.pth"  # the payload is live: unpickled without weights_only it writes its file
+    check.write_bytes(_saved({"payload": WritesMarker(tmp_path / "live")}))
+    torch.load(check, weights_only=False)
+    assert (tmp_path / "live").read_text() == "code from the cache ran"
+
+    if named == "with_its_own_hash":
+        path = put_bytes_in_cache(checkpoints, "squeezenet1_1", "IMAGENET1K_V1", data, monkeypatch)
+        expected = f"dpl: error: cached ImageNet weights {path} cannot be read (UnpicklingError: Weights only load"
+    else:
+        path = checkpoints / torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+        path.write_bytes(data)
+        expected = f"dpl: error: cached ImageNet weights {path} are not the file published at"
+    rc, err = distance_with_imagenet_weights(photos, capsys)
+    assert not marker.exists(), "unpickling the cached file ran its code"
+    assert rc == EXIT_USER_ERROR and "\n" not in err and err.startswith(expected), err
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_unreadable_cached_file_is_one_line_naming_it(
-    damage: str, checkpoints: Path, photos: dict[str, Path], capsys
+    damage: str, checkpoints: Path, photos: dict[str, Path], capsys, monkeypatch
 ) -> None:
     """A broken file in the cache (a hand-copied, incomplete download) is named, with how to fix it, and
-    not reported as "offline"; nothing tries the network (the file is there)."""
-    path = put_in_cache(checkpoints, "squeezenet1_1", "IMAGENET1K_V1", seeded_state("squeezenet1_1", 5))
-    data = path.read_bytes()
-    path.write_bytes(b"not a checkpoint" if damage == "garbage" else data[: len(data) // 2])
-    rc = main(["distance", str(photos["astronaut"]), str(photos["chelsea"]), "--network", "squeezenet1_1",
-               "--layer", "features.1"])
+    not reported as "offline"; nothing tries the network (the file is there). Garbage named by its own
+    hash gets past the hash check and cannot be read; a truncated file no longer has the hash its name says."""
+    if damage == "garbage":
+        path = put_bytes_in_cache(checkpoints, "squeezenet1_1", "IMAGENET1K_V1", b"not a checkpoint", monkeypatch)
+        problem = "cannot be read"
+    else:
+        path = put_in_cache(checkpoints, "squeezenet1_1", "IMAGENET1K_V1", seeded_state("squeezenet1_1", 5),
+                            monkeypatch)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        problem = "are not the file published at"
+    rc, err = distance_with_imagenet_weights(photos, capsys)
     assert rc == EXIT_USER_ERROR
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"dpl: error: cached ImageNet weights {path} cannot be read")
+    assert "\n" not in err and err.startswith(f"dpl: error: cached ImageNet weights {path} {problem}")
     assert "delete it" in err and "offline" not in err

@@ -8,6 +8,7 @@ the deepest requested node: an early point never pays for the later layers.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import zlib
@@ -174,13 +175,22 @@ def _is_path(weights: str) -> bool:
 
 def _download_state_dict(name: str, enum_name: str) -> dict[str, torch.Tensor]:
     """torchvision's weights from the torch hub cache (`$TORCH_HOME/hub/checkpoints/<file of Weights.url>`),
-    downloaded first if the file is not there."""
+    downloaded first if the file is not there, and unpickled as tensors only.
+
+    Not through torchvision's `Weights.get_state_dict`: it loads with `weights_only=False`, so a file put
+    in the cache could run code when a trial loads it. And torch checks the sha256 prefix in the file's
+    name only when it downloads; a cached file is checked here (`_check_cached_hash`), so a truncated or
+    substituted file is refused rather than loaded as ImageNet weights.
+    """
     weights = torchvision.models.get_model_weights(name)[enum_name]
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     fname = weights.url.rsplit("/", 1)[-1]
     cached = (hub / fname).is_file()
+    if cached:
+        _check_cached_hash(hub / fname, weights.url)
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(hub), map_location="cpu",
+                                                  progress=False, check_hash=True, weights_only=True)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         if cached:  # e.g. a truncated copy put there by hand: not an offline problem, and no traceback
@@ -194,6 +204,26 @@ def _download_state_dict(name: str, enum_name: str) -> dict[str, torch.Tensor]:
             f"cannot get ImageNet weights {name}.{enum_name} ({reason}); this machine may be "
             f"offline: put {fname} from {weights.url} into {hub} (set TORCH_HOME to move it) or use --weights random"
         ) from exc
+
+
+def _check_cached_hash(path: Path, url: str) -> None:
+    """Refuse a cached weights file whose sha256 does not start with the hex digits its name carries
+    (torchvision names each file `<name>-<sha256 prefix>.pth`, torch's `HASH_REGEX`). The prefix is 8+ hex
+    digits: it catches a damaged or swapped file; that nothing but tensors is unpickled is the safety."""
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if not match:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    got, expected = digest.hexdigest(), match.group(1)
+    if not got.startswith(expected):
+        raise LossNetworkError(
+            f"cached ImageNet weights {path} are not the file published at {url} (sha256 {got[:len(expected)]}..., "
+            f"its name says {expected}...): delete it to download again; weights of your own go in with "
+            f"--weights PATH (the spec's `weights: PATH`)"
+        )
 
 
 def _load_file_state_dict(path: str) -> dict[str, torch.Tensor]:
