@@ -9,6 +9,10 @@ upload is an unreferenced version that the next successful upload deletes.
 
 Mode `shared`: the study directory is on every node (`<study>/checkpoints/<key>/`, swapped by
 `trainables.reporting.store_checkpoint`); the run gets a copy under `checkpoint/` when the trial ends.
+
+A study may change mode between launches (`--checkpoints`, or `auto` with another tracking URI): the driver
+first brings every unfinished trial's checkpoint to where the new mode keeps it (`carry_over`), so an
+interrupted trial resumes instead of restarting from scratch.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import UserError
+from trainables.reporting import discard_checkpoint, newest_checkpoint, store_checkpoint
 
 #: Run tag naming the artifact path of the trial's newest complete checkpoint, e.g. `checkpoint/v000003`.
 POINTER_TAG = "dpl.checkpoint"
@@ -115,3 +120,43 @@ def download(client: Any, run_id: str, dest_parent: Path) -> Path | None:
     except Exception:
         shutil.rmtree(local, ignore_errors=True)
         raise
+
+
+def shared_dir(study_dir: Path, key: str) -> Path:
+    """Where mode `shared` keeps a trial's checkpoint: `<study>/checkpoints/<trial key>`."""
+    return Path(study_dir) / "checkpoints" / key
+
+
+def carry_over(client: Any, runs: dict[str, Any], study_dir: Path, mode: str) -> int:
+    """Move the checkpoint of every unfinished trial in `runs` (trial key -> MLflow run) to where `mode`
+    keeps it, from where the other mode did; returns how many moved.
+
+    Needed when a relaunch uses the other mode: each attempt reads only its own mode's place, so without
+    this an interrupted trial would restart from scratch. After a launch's carry-over only the current
+    mode's place holds a trial's checkpoint, so the one found is always the newest. The copy is made
+    complete first (an upload that moves the tag last; the link swap), and only then is the source removed:
+    a kill in between leaves two identical copies, and the next launch moves whichever its mode lacks.
+    Runs only on the driver, which sees both the study directory and the MLflow run.
+    """
+    from study.tracking import FINISHED
+
+    moved = 0
+    for key, run in runs.items():
+        if run.info.status == FINISHED:
+            continue
+        run_id, local = run.info.run_id, shared_dir(study_dir, key)
+        if mode == "mlflow":
+            found = newest_checkpoint(local)
+            if found is None:
+                continue
+            upload(client, run_id, found)
+            discard_checkpoint(local)
+        else:
+            if not run.data.tags.get(POINTER_TAG):
+                continue
+            with tempfile.TemporaryDirectory(prefix="dpl-carry-") as tmp:
+                store_checkpoint(download(client, run_id, Path(tmp)), local)
+            client.delete_tag(run_id, POINTER_TAG)
+            delete_older(client, run_id, keep="")
+        moved += 1
+    return moved

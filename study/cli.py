@@ -346,8 +346,8 @@ def _add_network_flags(p: argparse.ArgumentParser, required: bool = True) -> Non
 
 
 #: `dpl run --verbose` / `dpl resume --verbose`
-VERBOSE_HELP = ("also show Ray Tune's status tables and the trials' own output (tracebacks included); default: "
-                "one line per trial event and a progress line")
+VERBOSE_HELP = ("also show Ray's own log lines, Ray Tune's status tables and the trials' own output (tracebacks "
+                "included); default: one line per trial event and a progress line")
 
 #: = study.spec.PRESETS, spelled out so that parsing stays import-free
 PRESETS = ("smoke", "quick", "paper", "corrected")
@@ -434,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, help="fraction of a GPU per trial (0.25 = 4 trials per GPU)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--address", help="Ray cluster to run on: HOST:PORT, or auto (the cluster `ray start` started "
+                                     "on this machine, or $RAY_ADDRESS); default: a private local Ray that dpl "
+                                     "starts and stops, even when another Ray runs here")
     p.add_argument("--checkpoints", choices=("auto", "shared", "mlflow"), default=None,
                    help="where trials keep checkpoints (default: the spec's `checkpoints`, auto): auto = mlflow for an http(s) tracking URI, shared otherwise; "
                         "mlflow = in the trial's MLflow run (no shared filesystem needed), shared = <study>/checkpoints")
@@ -452,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="read the study's relative data paths from here from now on")
     p.add_argument("--tracking-uri")
     p.add_argument("--max-concurrent", type=int)
-    p.add_argument("--address")
+    p.add_argument("--address", help="as for `dpl run`")
     p.add_argument("--checkpoints", choices=("auto", "shared", "mlflow"), default=None,
                    help="as for `dpl run`")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)

@@ -8,6 +8,7 @@ which `Tuner.restore` (fixed trial list, lagging checkpoints, new trial ids) can
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -19,10 +20,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from study import tracking
-from study.artifact_checkpoints import resolve_mode
+from study.artifact_checkpoints import carry_over, resolve_mode
 from study.plan import PlannedTrial, ensure_synthetic_data, expand, longest_first, planned_synthetic, save_plan
 from study.spec import StudySpec, save_spec
 from trainables.errors import UserError
+
+#: Study-run tag: the checkpoint mode of the newest launch (param `checkpoints` keeps the first launch's).
+CHECKPOINTS_TAG = "dpl.checkpoints"
+#: Study-run tag: JSON {task: module} of the tasks of the user's own the study uses (`plugins` in study.yaml).
+PLUGINS_TAG = "dpl.plugins"
 
 #: Quiet, private and offline-friendly defaults for every process of a study (driver and workers).
 STUDY_ENV = {
@@ -117,12 +123,14 @@ def running_ray(address: str | None) -> bool:
 
 
 def _init_ray(spec: StudySpec, address: str | None, verbose: bool = False) -> bool:
-    """Connect to (or start) Ray; True when this process started it and must shut it down.
+    """Connect to Ray at `address`, or start a private local one (`study.local_ray`: never a cluster that
+    is merely running on this machine); True when this process connected or started it and must shut it down.
 
     False means Ray was already initialised here (see `running_ray`): it is ready and used as it is.
     Workers' stdout/stderr reach this console only when `verbose` (`dpl run --verbose`): otherwise each
     trial is one line per event (`study.console`); a failure's one-line error is in that line and in
-    MLflow (`dpl.error`), its traceback in Ray's worker logs (/tmp/ray/session_latest/logs).
+    MLflow (`dpl.error`), its traceback in Ray's worker logs (`<ray temp dir>/session_latest/logs`, by
+    default /tmp/ray).
     """
     import ray
 
@@ -135,8 +143,10 @@ def _init_ray(spec: StudySpec, address: str | None, verbose: bool = False) -> bo
     if address:
         ray.init(address=address, **kwargs)
         return True
+    from study import local_ray
+
     kwargs.update({k: v for k, v in spec.raw.get("ray", {}).items() if v is not None})
-    ray.init(**kwargs)
+    local_ray.start(kwargs, verbose)
     return True
 
 
@@ -386,7 +396,15 @@ def run_study(
             "checkpoints": checkpoint_mode, "synthetic": planned_synthetic(study_dir),
             "run_names": distinct_run_names(plan), "data_root": spec.raw.get("data_root"),
         }
-        tracking.log_params_once(c, launch.parent_id, {"checkpoints": checkpoint_mode})
+        tracking.log_params_once(c, launch.parent_id, {"checkpoints": checkpoint_mode})  # the first launch's
+        c.set_tag(launch.parent_id, CHECKPOINTS_TAG, checkpoint_mode)  # this launch's
+        if spec.raw.get("plugins"):  # the modules of the user's own tasks (also in the saved spec)
+            c.set_tag(launch.parent_id, PLUGINS_TAG, json.dumps(spec.raw["plugins"], sort_keys=True))
+        moved = carry_over(c, tracking.runs_by_key(c, experiment_id), study_dir, checkpoint_mode)
+        if moved:
+            print(f"dpl: moved the checkpoints of {moved} interrupted trial(s) to "
+                  f"{'their MLflow runs' if checkpoint_mode == 'mlflow' else study_dir / 'checkpoints'} "
+                  f"(--checkpoints {checkpoint_mode}), where they resume from", file=sys.stderr)
         try:
             if ray_use.ready and spec.raw["search"]["type"] == "optuna":
                 from study.search import run_optuna

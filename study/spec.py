@@ -54,6 +54,7 @@ TOP_KEYS = {
     "storage": "study directory",
     "checkpoints": "auto | shared | mlflow: where trials keep checkpoints (auto = mlflow for an http(s) tracking URI)",
     "ray_storage": "Ray Tune's storage_path: a local path on the head or an object-store URI (default <study>/ray)",
+    "plugins": "mapping task name -> module of a task of your own (as DPL_TASKS; dpl records those a study uses)",
 }
 TASK_KEYS = {
     "datasets": "list of dataset names (default: the task's first)",
@@ -107,12 +108,23 @@ def _expect(value: Any, kind: type | tuple[type, ...], key: str, allowed: str) -
 
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
-    """Check a spec mapping; returns it with defaults filled in. Errors name the key and what is allowed."""
-    from trainables.tasks import all_tasks
+    """Check a spec mapping; returns it with defaults filled in. Errors name the key and what is allowed.
 
-    TASKS = all_tasks()
+    Tasks of the user's own: those the spec's `plugins` maps become known to this process (`use_plugins`,
+    so also to its Ray workers), and `plugins` is set to the module of every such task the spec uses
+    (from DPL_TASKS or the spec), so the saved spec names them: `dpl status` and `dpl resume` of the study
+    need no DPL_TASKS.
+    """
+    from trainables.tasks import TASKS as BUILT_IN
+    from trainables.tasks import all_tasks, use_plugins
+
     raw = copy.deepcopy(raw)
     _check_keys(raw, TOP_KEYS, "")
+    plugins = raw.get("plugins") or {}
+    if not isinstance(plugins, dict) or not all(isinstance(m, str) and m for m in plugins.values()):
+        raise _fail("plugins", f"{plugins!r}", "a mapping task name -> package.module")
+    use_plugins(plugins)
+    TASKS = all_tasks()
     name = raw.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise _fail("name", f"{name!r} is not a usable study name", "a non-empty string without '/'")
@@ -122,6 +134,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     _check_keys(tasks, {t: "" for t in TASKS}, "tasks")
     for task, settings in tasks.items():
         tasks[task] = _validate_task(task, {} if settings is None else settings)
+    raw["plugins"] = {task: TASKS[task] for task in tasks if task not in BUILT_IN}
     raw["networks"] = raw.get("networks", "all")
     if raw["networks"] != "all":
         raw["networks"] = _as_list(raw["networks"], "networks")

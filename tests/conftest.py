@@ -5,7 +5,9 @@ import contextlib
 import functools
 import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from _processes import outside_ray_cluster
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -25,6 +29,46 @@ def _private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["TORCH_HOME"] = str(root / "torch")
     os.environ["MPLCONFIGDIR"] = str(root / "mpl")
     os.environ.setdefault("DPL_CACHE_DIR", str(root / "dpl"))
+
+
+# ------------------------------------------------------------------------------------------- Ray
+
+#: The test file whose one test checks, last in the session, that a Ray started outside the suite is untouched.
+OUTSIDE_RAY_TEST = "test_outside_ray.py"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_ray() -> Iterator[Path]:
+    """Every Ray this suite starts (in-process, `dpl run` subprocesses, `ray start`) uses a temp dir of its
+    own: RAY_TMPDIR is where Ray keeps sessions, sockets and `ray_current_cluster`, the file a plain
+    `ray.init()` reads to attach to the newest cluster. So no test can attach to the user's Ray (nor
+    overwrite that file: `ray.cluster_utils.Cluster` writes it), and $RAY_ADDRESS, which would point
+    every `ray.init()` at a cluster, is dropped. The directory is short: Ray's socket paths are
+    length-limited."""
+    root = Path(tempfile.mkdtemp(prefix="dplray", dir="/tmp"))
+    os.environ["RAY_TMPDIR"] = str(root)
+    os.environ.pop("RAY_ADDRESS", None)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The outside-Ray check runs after every other test (it asks whether they left that Ray alone)."""
+    last = [item for item in items if item.path.name == OUTSIDE_RAY_TEST]
+    items[:] = [item for item in items if item.path.name != OUTSIDE_RAY_TEST] + last
+
+
+@pytest.fixture(autouse=True, scope="session")
+def outside_ray(request: pytest.FixtureRequest, _private_ray: Path) -> Iterator[dict[str, Any] | None]:
+    """A Ray "the user" started before the suite, where a plain `ray.init()` of the suite would find it (it
+    is the newest cluster of the suite's own Ray temp dir), running for the whole session; None when the
+    session does not include OUTSIDE_RAY_TEST (a single test file starts no sentinel).
+    `tests/test_outside_ray.py` checks at the end that it is still alive and that no driver ever connected."""
+    if not any(item.path.name == OUTSIDE_RAY_TEST for item in request.session.items):
+        yield None
+        return
+    with outside_ray_cluster(_private_ray / "ray") as cluster:
+        yield cluster
 
 
 # ------------------------------------------------------------------------------------- no network

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from _kill_points import killed_at
 from study import artifact_checkpoints as ac
 from study import tracking
 from trainables.errors import UserError
@@ -105,20 +106,29 @@ def test_a_store_that_cannot_delete_keeps_old_versions_but_stays_correct(tmp_pat
     assert load_checkpoint(ac.download(c, run_id, tmp_path / "dl"))["epoch"] == 2
 
 
-def test_a_trial_in_mlflow_mode_resumes_from_its_run_not_the_study_dir(tmp_path, run, monkeypatch) -> None:
-    """The toy task through the real reporter: attempt 1 stops after epoch 2 (checkpoint uploaded), attempt 2
-    with a fresh scratch folder resumes at epoch 3 from the run; nothing is written to a checkpoints dir."""
+@pytest.fixture
+def toy_trials(monkeypatch) -> list:
+    """The toy task importable (as its plugin would be) and Ray's `tune.report` recorded, so a trial runs
+    in-process through the real TuneMlflowReporter; returns the checkpoints handed to `tune.report`."""
     import ray.tune
-
-    from study.trainable import TuneMlflowReporter
-    from trainables.config import TrialConfig
-    from trainables.trial import run_trial
 
     monkeypatch.syspath_prepend(PLUGINS)
     monkeypatch.setenv("DPL_TASKS", "toy=toy_task")
-    reported = []
+    reported: list = []
     monkeypatch.setattr(ray.tune, "report", lambda metrics, checkpoint=None: reported.append(checkpoint))
-    c, run_id = run
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)  # (no Ray session: Ray keeps no copy)
+    return reported
+
+
+#: A 4-epoch toy trial on no loss network (the pixel loss): seconds.
+TOY_CONFIG = {"task": "toy", "network": "none", "points": (), "weights": "random", "params": {"epochs": 4}}
+
+
+def stopped_after_epoch_2(c, run_id: str, checkpoint_dir: Path, mode: str) -> None:
+    """Attempt 1 of the toy trial, stopped (as by a kill) right after its epoch-2 checkpoint was stored."""
+    from study.trainable import TuneMlflowReporter
+    from trainables.config import TrialConfig
+    from trainables.trial import run_trial
 
     class StopsAfterEpoch2(TuneMlflowReporter):
         def report(self, epoch, metrics, checkpoint_dir=None):
@@ -126,17 +136,136 @@ def test_a_trial_in_mlflow_mode_resumes_from_its_run_not_the_study_dir(tmp_path,
             if epoch == 2:
                 raise Killed
 
-    config = TrialConfig(task="toy", network="none", points=(), weights="random", params={"epochs": 4})
     with pytest.raises(Killed):
-        run_trial(config, StopsAfterEpoch2(c, run_id, tmp_path / "node1", mode="mlflow"))
+        run_trial(TrialConfig(**TOY_CONFIG), StopsAfterEpoch2(c, run_id, checkpoint_dir, mode=mode))
+
+
+def resumed(c, run_id: str, checkpoint_dir: Path, mode: str) -> tuple[dict[str, float], list[tuple[int, int]]]:
+    """The next attempt of the toy trial: (its final metrics, [(attempt, epoch it started at)] of the run)."""
+    from study.trainable import TuneMlflowReporter
+    from trainables.config import TrialConfig
+    from trainables.trial import run_trial
+
+    final = run_trial(TrialConfig(**TOY_CONFIG), TuneMlflowReporter(c, run_id, checkpoint_dir, mode=mode))
+    return final, [(m.step, int(m.value)) for m in c.get_metric_history(run_id, START_EPOCH_METRIC)]
+
+
+def test_a_trial_in_mlflow_mode_resumes_from_its_run_not_the_study_dir(tmp_path, run, toy_trials) -> None:
+    """The toy task through the real reporter: attempt 1 stops after epoch 2 (checkpoint uploaded), attempt 2
+    with a fresh scratch folder resumes at epoch 3 from the run; nothing is written to a checkpoints dir."""
+    c, run_id = run
+    stopped_after_epoch_2(c, run_id, tmp_path / "node1", "mlflow")
     assert ac.pointer(c, run_id) == "checkpoint/v000002"
-    final = run_trial(config, TuneMlflowReporter(c, run_id, tmp_path / "node2", mode="mlflow"))
-    history = [(m.step, int(m.value)) for m in c.get_metric_history(run_id, START_EPOCH_METRIC)]
+    final, history = resumed(c, run_id, tmp_path / "node2", "mlflow")
     assert history == [(1, 1), (2, 3)]  # attempt 2 began right after the checkpointed epoch
     assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4]
     assert load_checkpoint(ac.download(c, run_id, tmp_path / "dl"))["epoch"] == 4 and "score" in final
-    assert reported == [None] * 4  # Ray got no checkpoint: it needs no shared storage for one
+    assert toy_trials == [None] * 4  # Ray got no checkpoint: it needs no shared storage for one
     assert not list(tmp_path.glob("**/checkpoints"))
+
+
+# --------------------------------------------------------------------- a kill at every step of upload
+
+#: Where the child may die: before every database session (with NullPool each MlflowClient call opens one:
+#: reading the run, listing its versions, moving the tag), before the new version's folder and each of its
+#: files, and before each delete of a file or folder: every gap between upload, tag and delete.
+KILL_EVENTS = frozenset({"sqlite3.connect", "os.mkdir", "shutil.copyfile", "shutil.rmtree", "os.remove", "os.rmdir"})
+
+
+def tree(path: Path | None) -> dict[str, bytes] | None:
+    return None if path is None else {p.name: p.read_bytes() for p in sorted(Path(path).iterdir())}
+
+
+def _fresh(c, run_id: str, tmp: Path) -> dict[str, bytes] | None:
+    """The trial's first checkpoint: nothing uploaded yet. Returns what a resume finds before the upload."""
+    return None
+
+
+def _partial_left(c, run_id: str, tmp: Path) -> dict[str, bytes] | None:
+    """Epoch 1 in force, and the partial upload of an attempt killed mid-upload (v000002, unreferenced): the
+    upload under test writes v000003 and then has two older versions to delete."""
+    previous = checkpoint(tmp, 1, extra=1)
+    ac.upload(c, run_id, previous)
+    with pytest.raises(Killed):
+        ac.upload(DiesMidUpload(c), run_id, checkpoint(tmp, 9, extra=1))
+    return tree(previous)
+
+
+INITIAL = {"fresh": _fresh, "partial_left": _partial_left}
+
+
+@pytest.fixture(scope="module")
+def forkable_store(tmp_path_factory):
+    """(client, experiment id) of a SQLite store whose engine keeps no connection open (NullPool), so a
+    forked child opens its own instead of sharing the parent's across fork. One store for the module's
+    kill tests (creating one costs seconds); each kill point gets a run of its own."""
+    root = tmp_path_factory.mktemp("kills")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        uri = tracking.default_tracking_uri(root)
+        exp = tracking.init_experiment(uri, "kills", root)
+        c = tracking.client(uri)
+        warm = tracking.attach_trial_run(c, exp, "warm", "warm", {})
+        for epoch in (10, 11):  # MLflow's lazy imports happen here, not in a child: each round has the same kill points
+            ac.upload(c, warm, checkpoint(root, epoch, extra=1))
+        ac.download(c, warm, root / "warm")
+        yield c, exp
+
+
+@pytest.mark.parametrize("initial", list(INITIAL))
+def test_kill_at_every_step_of_upload_tag_and_delete_leaves_a_complete_checkpoint(tmp_path, forkable_store,
+                                                                                   initial) -> None:
+    """`upload` killed before each of its operations (writing the new version file by file, moving the
+    `dpl.checkpoint` tag, deleting the older versions): the run's tag always names a complete checkpoint
+    the next attempt downloads, the previous one or the new one, never a deleted or partial version and
+    never an older one; it switches once, at the tag; and the next upload leaves only its own version."""
+    c, exp = forkable_store
+    new = checkpoint(tmp_path, 2, extra=1)
+    nxt = checkpoint(tmp_path, 3)
+    seen: list[str] = []
+    for n in range(1, 300):
+        run_id = tracking.attach_trial_run(c, exp, f"k{n}", f"k{n}", {})
+        (tmp_path / f"setup{n}").mkdir()
+        before = INITIAL[initial](c, run_id, tmp_path / f"setup{n}")
+        killed = killed_at(n, lambda: ac.upload(c, run_id, new), KILL_EVENTS)
+        found = tree(ac.download(c, run_id, tmp_path / f"resume{n}"))
+        assert found in (before, tree(new)), f"kill point {n} ({initial}): resumed from {found and sorted(found)}"
+        seen.append("new" if found == tree(new) else "old")
+        # the next attempt goes on from there: its checkpoint is the only version left, and the one resumed
+        ac.upload(c, run_id, nxt)
+        assert versions(c, run_id) == [ac.pointer(c, run_id)], f"kill point {n} ({initial})"
+        assert tree(ac.download(c, run_id, tmp_path / f"next{n}")) == tree(nxt)
+        if not killed:
+            break
+    else:
+        raise AssertionError("the upload never completed")
+    assert n > 10, f"only {n} kill points: the audit hook did not see the upload's operations"
+    assert seen == sorted(seen, key=["old", "new"].index) and seen[-1] == "new", seen
+
+
+@pytest.mark.parametrize("first, then", [("mlflow", "shared"), ("shared", "mlflow")])
+def test_a_relaunch_in_the_other_mode_resumes_where_the_first_mode_left_the_checkpoint(
+        tmp_path, run, toy_trials, first, then) -> None:
+    """Attempt 1 in mode `first` stops after epoch 2; the driver of a relaunch in mode `then` carries the
+    checkpoint over (`carry_over`), and attempt 2 in mode `then` resumes at epoch 3 instead of restarting;
+    the first mode's place is left empty, so a later carry-over moves nothing."""
+    c, run_id = run
+    study = tmp_path / "study"
+
+    def where(mode: str, node: str) -> Path:  # a trial's checkpoint folder, as run_config_trial picks it
+        return ac.shared_dir(study, "k1") if mode == "shared" else tmp_path / node
+
+    stopped_after_epoch_2(c, run_id, where(first, "node1"), first)
+    assert ac.carry_over(c, {"k1": c.get_run(run_id)}, study, then) == 1
+    # only the new mode's place holds it now
+    assert (ac.pointer(c, run_id) is None) == (then == "shared")
+    assert (ac.shared_dir(study, "k1").exists()) == (then == "shared")
+    assert versions(c, run_id) == ([] if then == "shared" else ["checkpoint/v000001"])
+    assert ac.carry_over(c, {"k1": c.get_run(run_id)}, study, then) == 0
+    _, history = resumed(c, run_id, where(then, "node2"), then)
+    assert history == [(1, 1), (2, 3)]  # resumed after the checkpointed epoch, not restarted at 1
+    assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("uri, requested, mode", [

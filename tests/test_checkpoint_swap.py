@@ -2,7 +2,7 @@
 
 The kill test forks a child that replaces a checkpoint through the real `LocalReporter.report` and
 SIGKILLs itself just before its n-th audited operation (Python audit hooks see every mkdir, open, rename,
-symlink, remove, rmdir of the swap), for every n until the swap completes. After each kill the directory is
+symlink, remove, rmdir of the swap; `_kill_points.killed_at`), for every n until the swap completes. After each kill the directory is
 read as a fresh attempt would: it must give the previous checkpoint or the new one, complete, file for file,
 never nothing and never a partial copy. Partial leftovers a kill can leave are also built by hand (a
 truncated `state.pt`) to show they are never picked up.
@@ -10,15 +10,12 @@ truncated `state.pt`) to show they are never picked up.
 from __future__ import annotations
 
 import os
-import signal
-import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from _kill_points import killed_at
 from trainables.reporting import CHECKPOINT_FILE, LocalReporter, newest_checkpoint, store_checkpoint
 
 OLD = {CHECKPOINT_FILE: b"epoch-1 " * 5000, "extra.bin": b"old extra"}
@@ -63,41 +60,9 @@ INITIAL: dict[str, Callable[[Path], None]] = {
 
 
 def report_killed_at(n: int, out: Path, src: Path) -> bool:
-    """In a forked child, `LocalReporter(out).report(2, ..., src)`, SIGKILLed just before its n-th audited
+    """`LocalReporter(out).report(2, ..., src)` in a forked child, SIGKILLed just before its n-th audited
     operation; True if the kill happened, False if the report completed first."""
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        try:
-            reporter = LocalReporter(out, echo=False)
-            seen = 0
-
-            def hook(event: str, args: tuple) -> None:
-                nonlocal seen
-                seen += 1
-                if seen == n:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-            sys.addaudithook(hook)
-            reporter.report(2, {"train/loss": 0.5}, checkpoint_dir=src)
-        except BaseException:  # noqa: BLE001 - shown to the parent as exit status 1
-            traceback.print_exc()
-            os._exit(1)
-        os._exit(0)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.002)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise AssertionError(f"the child swapping a checkpoint hung (kill point {n})")
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == signal.SIGKILL
-        return True
-    assert os.WEXITSTATUS(status) == 0, f"the swap raised (kill point {n}); see the captured stderr"
-    return False
+    return killed_at(n, lambda: LocalReporter(out, echo=False).report(2, {"train/loss": 0.5}, checkpoint_dir=src))
 
 
 @pytest.mark.parametrize("initial", list(INITIAL))

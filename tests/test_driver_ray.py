@@ -26,7 +26,7 @@ def user_ray():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPL_TASKS", "toy=toy_task")
         mp.setenv("PYTHONPATH", os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster already running
         try:
             yield ray
         finally:
@@ -58,3 +58,35 @@ def test_another_address_while_ray_is_initialised_is_refused(tmp_path, user_ray)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "study" / "mlflow.db").exists()  # refused before the store was written
     assert user_ray.is_initialized()
+
+
+def test_relaunch_in_the_other_checkpoint_mode_resumes_the_interrupted_trial(tmp_path, user_ray, capsys) -> None:
+    """Launch 1 keeps checkpoints in the study dir (`shared`, the default for a SQLite store); its trial's
+    worker dies in epoch 3 and, with no restarts allowed, the trial ends FAILED with the epoch-2 checkpoint
+    on disk. Launch 2 with `--checkpoints mlflow` carries that checkpoint into the trial's run, and the
+    trial resumes at epoch 3 in the same run instead of starting over."""
+    from study import artifact_checkpoints as ac
+    from study.driver import run_study
+    from study.trainable import ATTEMPTS_TAG
+    from trainables.reporting import START_EPOCH_METRIC
+
+    spec_file = write_spec(tmp_path, seeds=[0], points=["p1"], max_failures=0,
+                           tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 4, "kill_at_epoch": 3}}})
+    study_dir = tmp_path / "study"
+    assert run_study(load_spec(spec_file, storage=study_dir)) == 1  # the killed trial is recorded FAILED
+    (key, status, run_id), = trial_runs(study_dir)
+    assert status == "FAILED" and (ac.shared_dir(study_dir, key) / "state.pt").is_file()
+    capsys.readouterr()
+
+    assert run_study(load_spec(spec_file, storage=study_dir), checkpoints="mlflow") == 0
+    assert_exactly_once(study_dir, 1)
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    run = c.get_run(run_id)
+    history = [(m.step, int(m.value)) for m in c.get_metric_history(run_id, START_EPOCH_METRIC)]
+    assert run.data.tags[ATTEMPTS_TAG] == "2" and history == [(1, 1), (2, 3)]  # resumed, not restarted
+    assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4]
+    assert not ac.shared_dir(study_dir, key).exists()  # moved, not copied: one place holds a checkpoint
+    assert "moved the checkpoints of 1 interrupted trial(s) to their MLflow runs" in capsys.readouterr().err
+    parent = tracking.find_runs(c, run.info.experiment_id, "tags.`dpl.kind` = 'study'")[0]
+    assert (parent.data.params["checkpoints"], parent.data.tags["dpl.checkpoints"]) == ("shared", "mlflow")
+    assert parent.data.tags["dpl.plugins"] == '{"toy": "toy_task"}'  # the module of the study's own task

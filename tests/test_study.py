@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from _processes import kill_session, run_in_session, start_in_session
 from study import tracking
 from study.spec import load_spec, validate
 from study.trainable import ATTEMPTS_TAG
@@ -62,8 +64,8 @@ def trial_runs(study_dir: Path, experiment: str = "toy") -> list[tuple[str, str,
 
 
 def dpl(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy())
+    """The CLI in a session of its own: whatever Ray it leaves behind, even on a timeout, is ended with it."""
+    return run_in_session([sys.executable, "-m", "study.cli", *args], timeout=timeout, env=os.environ.copy())
 
 
 def attempts(client, run_id: str) -> tuple[int, list[tuple[int, int]]]:
@@ -135,6 +137,34 @@ def test_plan_expands_grid_with_stable_keys(tmp_path) -> None:
     again = expand(load_spec(write_spec(tmp_path), storage=tmp_path / "s2"))  # another place, same keys
     assert [t.key for t in plan] == [t.key for t in again]
     assert {t.config.point for t in plan} == {"features.1", "features.3"}
+
+
+def test_status_of_a_plugin_task_study_needs_no_dpl_tasks(tmp_path, monkeypatch, capsys) -> None:
+    """The saved spec records the module of the study's own task (`plugins`), so `dpl status` (and resume)
+    of the study works without DPL_TASKS; if that module cannot be imported, one line says what to set."""
+    import sys
+
+    from study.cli import EXIT_USER_ERROR, main
+    from study.plan import expand, save_plan
+    from study.spec import SPEC_FILE, save_spec
+
+    spec = load_spec(write_spec(tmp_path), storage=tmp_path / "study")  # DPL_TASKS=toy=toy_task (fixture)
+    tracking.init_experiment(tracking.default_tracking_uri(spec.study_dir), spec.name, spec.study_dir)
+    save_spec(spec)
+    save_plan(spec, expand(spec))
+    assert yaml.safe_load((spec.study_dir / SPEC_FILE).read_text())["plugins"] == {"toy": "toy_task"}
+
+    monkeypatch.delenv("DPL_TASKS")
+    assert main(["status", str(spec.study_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"]["toy"]["pending"] == 4
+
+    monkeypatch.delenv("DPL_TASKS", raising=False)  # (reading the study made its task known to this process)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != PLUGINS])
+    monkeypatch.delitem(sys.modules, "toy_task")
+    assert main(["status", str(spec.study_dir)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("dpl: error: task 'toy': cannot import toy_task")
+    assert "PYTHONPATH" in err and "DPL_TASKS=toy=package.module" in err
 
 
 # ---------------------------------------------------------------------------------- run & resume
@@ -284,19 +314,20 @@ def test_sigkill_driver_then_resume_is_exactly_once(tmp_path, moment) -> None:
     spec = write_spec(tmp_path, seeds=[0, 1, 2], points=["p1", "p2"], max_concurrent=1,
                       tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 3, "sleep_s": 1.0}}})
     study_dir = tmp_path / "study"
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(study_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=os.environ.copy())
-    db = study_dir / "mlflow.db"
-    deadline = time.time() + 300
-    progress = (0, 0)
-    while time.time() < deadline and proc.poll() is None and not KILL_MOMENTS[moment](*progress):
-        time.sleep(0.2)
-        progress = trial_progress(db)
-    assert proc.poll() is None and KILL_MOMENTS[moment](*progress), f"never reached {moment}: {progress}"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+    proc = start_in_session([sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(study_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        db = study_dir / "mlflow.db"
+        deadline = time.time() + 300
+        progress = (0, 0)
+        while time.time() < deadline and proc.poll() is None and not KILL_MOMENTS[moment](*progress):
+            time.sleep(0.2)
+            progress = trial_progress(db)
+        assert proc.poll() is None and KILL_MOMENTS[moment](*progress), f"never reached {moment}: {progress}"
+    finally:
+        # the driver and every process it started (Ray's, also those that outlive a SIGKILL of the driver)
+        kill_session(proc.pid)
+        proc.wait()
     c = tracking.client(tracking.default_tracking_uri(study_dir))
     # the trials the kill interrupted: attempts started so far (0 if killed before its reporter existed) and
     # the epoch of the checkpoint each left on disk
@@ -345,13 +376,17 @@ def test_killed_worker_resumes_from_checkpoint_in_same_run(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_fractional_gpus_on_two_node_cluster_and_concurrent_sqlite_logging(tmp_path) -> None:
+def test_fractional_gpus_on_two_node_cluster_and_concurrent_sqlite_logging(tmp_path, monkeypatch) -> None:
     """8 trials at 0.25 GPU on two nodes with one declared GPU each: 4 share each GPU, all recorded."""
     import ray
     from ray.cluster_utils import Cluster
 
     from study.driver import run_study
 
+    # Cluster records its address as the newest cluster of the Ray temp dir: a dir of its own keeps it
+    # from standing in for the session's outside Ray there (tests/test_outside_ray.py)
+    ray_tmp = tempfile.mkdtemp(prefix="dplc", dir="/tmp")  # short: Ray's socket paths are length-limited
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 1})
     cluster.add_node(num_cpus=4, num_gpus=1)
     try:
@@ -372,6 +407,7 @@ def test_fractional_gpus_on_two_node_cluster_and_concurrent_sqlite_logging(tmp_p
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow

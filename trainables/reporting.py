@@ -134,12 +134,34 @@ def _next_version(dest: Path) -> int:
 def _remove_stale(dest: Path, keep: Path) -> None:
     """Delete every entry but `keep` (what `dest` now points at): older versions, partial copies, `.old`."""
     for p, _ in _siblings(dest):
-        if p == keep:
-            continue
-        if p.is_symlink() or p.is_file():
-            p.unlink()
-        else:
-            shutil.rmtree(p, ignore_errors=True)
+        if p != keep:
+            _remove(p)
+
+
+def _remove(p: Path) -> None:
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    else:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def discard_checkpoint(dest: Path) -> None:
+    """Delete the checkpoint `store_checkpoint(..., dest)` keeps, and everything beside it: it now lives
+    elsewhere (`study.artifact_checkpoints.carry_over`). `.old` and other leftovers go first, while `dest`
+    still names a complete version; then `dest`; then the versions. So a kill part-way leaves either the
+    complete checkpoint or none that `newest_checkpoint` would return, never a stale `.old`."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return
+    entries = _siblings(dest)
+    for p, n in entries:
+        if n is None:
+            _remove(p)
+    if os.path.lexists(dest):
+        _remove(dest)
+    for p, n in entries:
+        if n is not None:
+            _remove(p)
 
 
 class LocalReporter:

@@ -28,9 +28,22 @@ TASKS = {
 PLUGIN_ENV = "DPL_TASKS"
 
 
+def plugin_tasks() -> dict[str, str]:
+    """The user's own tasks known to this process: name -> module, from DPL_TASKS."""
+    return dict(item.split("=", 1) for item in os.environ.get(PLUGIN_ENV, "").split(",") if "=" in item)
+
+
 def all_tasks() -> dict[str, str]:
-    extra = dict(item.split("=", 1) for item in os.environ.get(PLUGIN_ENV, "").split(",") if "=" in item)
-    return {**TASKS, **extra}
+    return {**TASKS, **plugin_tasks()}
+
+
+def use_plugins(recorded: dict[str, str]) -> None:
+    """Make tasks of the user's own that a study recorded (name -> module) known to this process, and so
+    to the subprocesses and Ray workers it starts (both read DPL_TASKS). A name DPL_TASKS already maps
+    keeps that mapping: the setting of the moment wins over the record (a module that moved)."""
+    merged = {**recorded, **plugin_tasks()}
+    if merged != plugin_tasks():
+        os.environ[PLUGIN_ENV] = ",".join(f"{name}={module}" for name, module in merged.items())
 
 
 def task_module(name: str) -> ModuleType:
@@ -40,4 +53,5 @@ def task_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(tasks[name])
     except ModuleNotFoundError as exc:
-        raise UserError(f"task {name!r}: cannot import {tasks[name]} ({exc}); check {PLUGIN_ENV}/PYTHONPATH") from exc
+        raise UserError(f"task {name!r}: cannot import {tasks[name]} ({exc}); put the directory that holds it on "
+                        f"PYTHONPATH, or map {name} to another module with {PLUGIN_ENV}={name}=package.module") from exc

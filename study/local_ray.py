@@ -1,0 +1,72 @@
+"""The Ray that `dpl run` starts for itself when no `--address` is given: private, quiet, no dashboard.
+
+- **Private.** `ray.init()` without an address joins the newest cluster of this machine (the one named in
+  `<ray temp dir>/ray_current_cluster`, written by `ray start`) or `$RAY_ADDRESS`, so a user's own
+  `ray start --head` would silently receive the study's trials, under that cluster's resources and
+  environment. `dpl run` starts a new local Ray instead (`address="local"`) and shuts it down at the end;
+  running on an existing cluster is asked for with `--address auto` (the newest cluster, or $RAY_ADDRESS)
+  or `--address HOST:PORT`.
+- **Quiet.** Without `--verbose`, Ray's own log lines at start-up (e.g. its notice that token
+  authentication is on) are not shown; authentication itself is left as Ray sets it (for a new local
+  cluster: token authentication, with a token in ~/.ray/auth_token unless RAY_AUTH_MODE says otherwise).
+- **No dashboard.** Ray 2.60 starts `ray/dashboard/dashboard.py` on every head node even with
+  `include_dashboard=False` (then loading only its usage-statistics module): `Node.start_head_processes`
+  calls `start_api_server` unconditionally, and no setting turns it off. A study does not use it (Tune
+  needs neither the dashboard nor the job and state APIs it serves), so for its own Ray dpl skips that
+  call: one process (and ~1.5 s of start-up) less. What cannot be avoided, because the raylet of every
+  node starts them: `ray::DashboardAgent` (the per-node agent for metrics, logs and health reports; it
+  serves no web UI) and `ray::RuntimeEnvAgent` (which applies the runtime env through which dpl hands its
+  environment variables to the trials). A dashboard is available by starting Ray yourself
+  (`ray start --head`) and running the study there with `--address auto`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+def start(kwargs: dict[str, Any], verbose: bool) -> None:
+    """`ray.init(address="local", **kwargs)`: a new local Ray of this process's own, never another one."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        print(f"dpl: starting a Ray of this study's own although RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}); "
+              f"to run on that cluster pass --address auto", file=sys.stderr)
+    with _without_api_server(), _quiet_ray_logs(verbose):
+        ray.init(address="local", **kwargs)
+
+
+@contextmanager
+def _without_api_server() -> Iterator[None]:
+    """Ray's head node without its dashboard process (see the module docstring); Ray's default again after.
+
+    If a later Ray renames the method, nothing is skipped and `tests/test_local_ray.py` says so."""
+    from ray._private import node
+
+    original = getattr(node.Node, "start_api_server", None)
+    if original is None:
+        yield
+        return
+    node.Node.start_api_server = lambda self, **kwargs: None
+    try:
+        yield
+    finally:
+        node.Node.start_api_server = original
+
+
+@contextmanager
+def _quiet_ray_logs(verbose: bool) -> Iterator[None]:
+    """Ray's own log lines during start-up only with --verbose (errors are always shown)."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
