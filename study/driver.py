@@ -140,11 +140,12 @@ def _init_ray(spec: StudySpec, address: str | None, verbose: bool = False) -> bo
     env = {**STUDY_ENV, **{k: v for k, v in os.environ.items() if k in passed}}
     kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env},
                               "log_to_driver": verbose, "configure_logging": False}
-    if address:
-        ray.init(address=address, **kwargs)
-        return True
     from study import local_ray
 
+    if address:
+        with local_ray.quiet_logs(verbose):
+            ray.init(address=address, **kwargs)
+        return True
     kwargs.update({k: v for k, v in spec.raw.get("ray", {}).items() if v is not None})
     local_ray.start(kwargs, verbose)
     return True

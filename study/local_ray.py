@@ -7,8 +7,9 @@
   running on an existing cluster is asked for with `--address auto` (the newest cluster, or $RAY_ADDRESS)
   or `--address HOST:PORT`.
 - **Quiet.** Without `--verbose`, Ray's own log lines at start-up (e.g. its notice that token
-  authentication is on) are not shown; authentication itself is left as Ray sets it (for a new local
-  cluster: token authentication, with a token in ~/.ray/auth_token unless RAY_AUTH_MODE says otherwise).
+  authentication is on) are not shown, also when connecting to a cluster with `--address` (`quiet_logs`);
+  authentication itself is left as Ray sets it (for a new local cluster: token authentication, with a
+  token in ~/.ray/auth_token unless RAY_AUTH_MODE says otherwise).
 - **No dashboard.** Ray 2.60 starts `ray/dashboard/dashboard.py` on every head node even with
   `include_dashboard=False` (then loading only its usage-statistics module): `Node.start_head_processes`
   calls `start_api_server` unconditionally, and no setting turns it off. A study does not use it (Tune
@@ -35,7 +36,7 @@ def start(kwargs: dict[str, Any], verbose: bool) -> None:
     if os.environ.get("RAY_ADDRESS"):
         print(f"dpl: starting a Ray of this study's own although RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}); "
               f"to run on that cluster pass --address auto", file=sys.stderr)
-    with _without_api_server(), _quiet_ray_logs(verbose):
+    with _without_api_server(), quiet_logs(verbose):
         ray.init(address="local", **kwargs)
 
 
@@ -58,8 +59,8 @@ def _without_api_server() -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_ray_logs(verbose: bool) -> Iterator[None]:
-    """Ray's own log lines during start-up only with --verbose (errors are always shown)."""
+def quiet_logs(verbose: bool) -> Iterator[None]:
+    """Ray's own log lines while it starts or connects only with --verbose (errors are always shown)."""
     if verbose:
         yield
         return
