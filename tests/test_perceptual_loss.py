@@ -58,6 +58,20 @@ def test_trunk_is_frozen_and_stays_in_eval_mode() -> None:
     torch.testing.assert_close(loss(x[:1], y[:1]), before[:1], rtol=1e-6, atol=0)  # per image, batch-independent
 
 
+def test_speed_defaults_are_kept() -> None:
+    """BatchNorm folded into the convolutions, channels_last weights (resnet), and in the loss use the target's
+    pass runs without a graph: the body is called twice, with grad mode on for the output only."""
+    loss = PerceptualLoss("resnet18", points=["layer1"], weights="random")
+    body = loss.distance.net.body
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    assert body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    grad_modes: list[bool] = []
+    body.register_forward_pre_hook(lambda m, i: grad_modes.append(torch.is_grad_enabled()))
+    x, y = torch.rand(2, 3, 32, 32, requires_grad=True), torch.rand(2, 3, 32, 32)
+    loss(x, y).sum().backward()
+    assert sorted(grad_modes) == [False, True] and x.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("distance", ["lpips", "mse"])
 def test_value_equals_dpl_distance(distance: str, photos, resnet18_file: str, capsys) -> None:
     """The same photographs, network, points and weights file: `dpl distance`'s total, per image in a batch,
@@ -184,3 +198,17 @@ def test_recommend_prints_the_line_that_builds_the_top_pick(tmp_path, checkpoint
     assert answer["python"] == ('PerceptualLoss("squeezenet1_1", points=["features.1"], distance="lpips", '
                                 'weights="IMAGENET1K_V1")')
     assert any("lin variant" in n for n in answer["notes"]) and any("assumed lpips" in n for n in answer["notes"])
+
+
+def test_a_lin_file_that_does_not_fit_is_one_line(photos, tmp_path, capsys) -> None:
+    """alexnet's default four points against lpips' five-layer lin file, and a file that is not one: a
+    ValueError naming the file from Python, one `dpl: error:` line from the CLI."""
+    with pytest.raises(ValueError, match=r"alex.pth has 5 layers but 4 points were requested"):
+        PerceptualLoss("alexnet", weights="random", lin=LIN_FILE / "alex.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    for lin, says in ((LIN_FILE / "alex.pth", "has 5 layers but 4 points"), (tmp_path / "junk.pth", "cannot be read")):
+        code = main(["distance", str(photos["astronaut"]), str(photos["chelsea"]), "--network", "alexnet",
+                     "--weights", "random", "--lin", str(lin)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err[-1].startswith("dpl: error: lin file") and says in err[-1], err
+        assert not any("Traceback" in line for line in err)
