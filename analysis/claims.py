@@ -8,9 +8,13 @@ verdict; per benchmark (task, dataset, setting; primary metric) and pooled over 
 - C1 / C2 are the rows of `conventions` (pooled: average-rank Spearman, last-point binomial); `summary` reads
   them as the paper states them (the paper claims their *absence*).
 - Pixel baseline: how many (network, point) beat the pixel-loss baseline, with a Clopper-Pearson interval.
+- Recipes (a control the paper did not have): of two or more ImageNet weight sets of one architecture, does
+  the more accurate one give the better loss at the same point? Sign agreement per (architecture, point,
+  benchmark), tested over architectures by an exact sign-flip permutation test, per benchmark and pooled.
 
 Everything is computed on direction-aligned scores (higher = better) of the default weights of each
-architecture; pixel baselines are compared with, never ranked among, the loss networks.
+architecture (the recipe claim: of every ImageNet weight set); pixel baselines are compared with, never ranked
+among, the loss networks.
 """
 from __future__ import annotations
 
@@ -28,6 +32,16 @@ VGG_HYPOTHESIS = "VGG networks without batch norm rank better than the other arc
 LAYER_HYPOTHESIS = ("the choice of extraction point explains at least as much score variance as the choice "
                     "of architecture (share within architectures vs between)")
 BASELINE_HYPOTHESIS = "a (network, point) perceptual loss beats the pixel-loss baseline"
+RECIPE_HYPOTHESIS = ("of two or more ImageNet weight sets (training recipes) of the same architecture, the more "
+                     "accurate one gives the better perceptual loss at the same point (two-sided)")
+#: What Kumar et al. (TMLR 2022, "Do better ImageNet classifiers assess perceptual similarity better?") report,
+#: set beside our verdicts: on BAPPS, modern networks with higher top-1 give worse perceptual scores, and past a
+#: moderate accuracy, training changes that raise top-1 (more steps, label smoothing, dropout, ...) lower it.
+KUMAR = {
+    "C1 imagenet_accuracy": "inverse on BAPPS: more accurate modern classifiers give worse perceptual scores",
+    "claim recipe_accuracy": "inverse on BAPPS: past a moderate top-1, recipes that raise it (longer training, "
+                             "label smoothing, dropout) give worse perceptual scores",
+}
 _UNIT = ["task", "dataset", "setting"]
 
 
@@ -71,7 +85,12 @@ def _vgg_result(base: dict, scope: str, ranks: pd.Series, plain: np.ndarray, see
     plain = np.asarray(plain, bool)
     a, b = ranks.to_numpy(float)[plain], ranks.to_numpy(float)[~plain]
     n = len(a) + len(b)
-    if len(a) < 1 or len(b) < 1 or n < 4:
+    if len(a) < 1 or len(b) < 1:
+        why = ("no plain VGG (vgg11, vgg16 or vgg19 without batch norm) in this study" if len(a) < 1
+               else "only plain VGGs in this study: nothing to compare them with")
+        return TestResult("claim vgg_without_bn_best", **base, scope=scope, statistic="mean_rank_difference",
+                          value=None, p_value=None, n=n, hypothesis=VGG_HYPOTHESIS, verdict=f"not applicable: {why}")
+    if n < 4:
         return TestResult("claim vgg_without_bn_best", **base, scope=scope, statistic="mean_rank_difference",
                           value=None, p_value=None, n=n, hypothesis=VGG_HYPOTHESIS,
                           verdict=f"insufficient data: n={n} ({len(a)} plain VGG, {len(b)} other)")
@@ -194,6 +213,111 @@ def layer_claim(cells: pd.DataFrame, seed: int = 0) -> list[TestResult]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ recipes
+#: With n architectures a two-sided sign-flip test cannot give p below 2 / 2**n: this many are needed for 0.05.
+MIN_RECIPE_ARCHITECTURES = 6
+
+
+def _recipe_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """Finished primary-metric cells of every ImageNet weight set whose own top-1 was logged (all recipes, not
+    only the default one); random weights, weight files and pixel baselines have no recipe accuracy."""
+    c = cells[cells["primary"] & (cells["weights_kind"] == "imagenet") & ~cells["is_baseline"].astype(bool)
+              & ~cells["top1_fallback"].fillna(True).astype(bool) & (cells["n"] > 0)]
+    return c.dropna(subset=["aligned", "imagenet_top1"])
+
+
+RECIPE_PAIR_COLUMNS = ["task", "dataset", "metric", "setting", "network", "point", "n_recipes", "recipes",
+                       "agreement", "better", "worse", "ties"]
+
+
+def recipe_pairs(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per (benchmark, setting, architecture, point) run with two or more recipes of different top-1.
+
+    `agreement` = mean over the pairs of its recipes of sign(score difference) x sign(top-1 difference): +1 when
+    the more accurate recipe scored better, -1 when worse, 0 on a tie; with two recipes it is that one sign.
+    `recipes` lists the weight sets, least accurate first; better / worse / ties count the pairs."""
+    keys = ["task", "dataset", "metric", "setting", "network", "point"]
+    c = _recipe_cells(cells).drop_duplicates(keys + ["weights_set"]).sort_values("imagenet_top1", kind="stable")
+    c = c.assign(gid=c.groupby(keys, sort=True).ngroup())  # one integer per (benchmark, architecture, point)
+    side = c[["gid", "imagenet_top1", "aligned"]]
+    pairs = side.merge(side, on="gid", suffixes=("_low", "_high"))
+    pairs = pairs[pairs["imagenet_top1_high"] > pairs["imagenet_top1_low"]]
+    if pairs.empty:
+        return pd.DataFrame(columns=RECIPE_PAIR_COLUMNS)
+    sign = np.sign(pairs["aligned_high"].to_numpy() - pairs["aligned_low"].to_numpy())
+    counts = pairs[["gid"]].assign(agreement=sign, better=sign > 0, worse=sign < 0, ties=sign == 0).groupby("gid").agg(
+        {"agreement": "mean", "better": "sum", "worse": "sum", "ties": "sum"})
+    groups = c.groupby("gid").agg(**{k: (k, "first") for k in keys}, n_recipes=("weights_set", "size"),
+                                  recipes=("weights_set", " < ".join))
+    return groups.join(counts, how="inner").reset_index(drop=True)[RECIPE_PAIR_COLUMNS].astype(
+        {"better": int, "worse": int, "ties": int})
+
+
+def sign_flip_test(values: np.ndarray, seed: int = 0) -> tuple[float, str]:
+    """Two-sided p that the mean of `values` is this far from 0 if each value's sign were a coin flip (the
+    null of a statistic symmetric about 0), with how it was computed: every one of the 2**n sign patterns
+    when 2**n <= N_PERM (exact), else N_PERM seeded random ones. On values of +-1 this is the two-sided
+    sign test (binomial, p = 1/2)."""
+    values = np.asarray(values, float)
+    n = len(values)
+    how = (f"exact sign-flip permutation ({2 ** n} sign patterns)" if 2 ** n <= N_PERM
+           else f"sign-flip permutation ({N_PERM} resamples)")
+    if n < 2:  # scipy refuses one value; its two patterns, +v and -v, give p = 1 whatever v is
+        return 1.0, how
+    res = stats.permutation_test((values,), lambda v, axis=-1: v.mean(axis=axis), permutation_type="samples",
+                                 vectorized=True, alternative="two-sided", n_resamples=N_PERM, rng=seed)
+    return float(res.pvalue), how
+
+
+def _recipe_result(base: dict, scope: str, pairs: pd.DataFrame, per_arch: pd.Series, seed: int) -> TestResult:
+    """Mean over architectures of their agreement (value in [-1, 1]), sign-flip test over architectures.
+
+    The architecture is the unit: its points and benchmarks share the same two weight files, so a recipe that
+    happens to suit one architecture moves all its pairs together; counting pairs as independent would reject
+    a true null far more often than 5 % (tests/test_analysis_recipes.py shows it)."""
+    n = len(per_arch)
+    if n == 0:
+        return TestResult("claim recipe_accuracy", **base, scope=scope, statistic="mean_agreement", value=None,
+                          p_value=None, n=0, hypothesis=RECIPE_HYPOTHESIS,
+                          verdict="not applicable: no architecture ran with two or more ImageNet weight sets of "
+                                  "different top-1 at the same point (e.g. weights: [IMAGENET1K_V1, IMAGENET1K_V2])")
+    value = float(per_arch.mean())
+    p, how = sign_flip_test(per_arch.to_numpy(), seed)
+    better, worse, ties = (int(pairs[c].sum()) for c in ("better", "worse", "ties"))
+    total = better + worse + ties
+    tally = f"in {better}/{total} pairs better, {worse} worse, over {n} architecture{'s' if n > 1 else ''}"
+    if p < ALPHA:
+        verdict = (f"supported: the more accurate recipe scored better {tally} (p={p:.3g})" if value > 0 else
+                   f"contradicted (inverse): the more accurate recipe scored worse; {tally} (p={p:.3g})")
+    else:
+        verdict = f"not supported: the more accurate recipe scored better {tally} (p={p:.3g})"
+        if n < MIN_RECIPE_ARCHITECTURES:
+            verdict += (f"; with {n} architecture{'s' if n > 1 else ''} p cannot go below {2.0 ** (1 - n):.3g}: "
+                        f"at least {MIN_RECIPE_ARCHITECTURES} are needed to reach {ALPHA}")
+    return TestResult("claim recipe_accuracy", **base, scope=scope, statistic="mean_agreement", value=value,
+                      p_value=p, n=n, verdict=verdict, hypothesis=RECIPE_HYPOTHESIS,
+                      extra={"effect_size": (better + 0.5 * ties) / total,
+                             "effect": "P(the more accurate recipe scores better), over pairs",
+                             "pairs": total, "better": better, "worse": worse, "ties": ties, "p_method": how,
+                             "architectures": {str(k): float(v) for k, v in per_arch.items()}})
+
+
+def recipe_claim(cells: pd.DataFrame, seed: int = 0) -> list[TestResult]:
+    """Per benchmark (task, dataset, setting; primary metric) and pooled: each architecture's agreement
+    (per benchmark: mean over its points; pooled: mean over benchmarks of its mean over points and settings,
+    so each benchmark counts once, as in the average rank), tested over architectures. A study without a recipe pair gets one pooled "not applicable"."""
+    pairs = recipe_pairs(cells)
+    out = []
+    for (task, ds, metric, setting), g in pairs.groupby(["task", "dataset", "metric", "setting"], sort=True):
+        out.append(_recipe_result(_base(task, ds, metric, setting), "per benchmark", g,
+                                  g.groupby("network")["agreement"].mean(), seed))
+    per_benchmark = pairs.groupby(["network", "task", "dataset"])["agreement"].mean()
+    per_arch = per_benchmark.groupby("network").mean() if len(pairs) else pd.Series(dtype=float)
+    out.append(_recipe_result(_base("all", "all", "primary", "all"), "pooled over benchmarks", pairs, per_arch,
+                              seed))
+    return out
+
+
 # ----------------------------------------------------------------------------------------- pixel baseline
 def baseline_comparison(cells: pd.DataFrame) -> pd.DataFrame:
     """Per benchmark and setting (primary metric): the pixel baseline's score beside the loss networks.
@@ -249,7 +373,7 @@ def run_claims(cells: pd.DataFrame, seed: int = 0) -> list[TestResult]:
     """Every claim test that `conventions.run_all` does not already compute."""
     if cells.empty:
         return []
-    return vgg_claim(cells, seed) + layer_claim(cells, seed) + baseline_claim(cells)
+    return vgg_claim(cells, seed) + layer_claim(cells, seed) + baseline_claim(cells) + recipe_claim(cells, seed)
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -266,40 +390,58 @@ CLAIMS = [
      "figures/depth_*, section C2"),
     ("Perceptual losses beat the pixel baseline", "claim beats_pixel_baseline", "pooled", "per benchmark", "count",
      "section Pixel baselines"),
+    ("A more accurate recipe of the same architecture gives a better perceptual loss", "claim recipe_accuracy",
+     "pooled", "per benchmark", "direct", "recipe_pairs.csv, section Claim: recipes"),
 ]
+#: The column that sets Kumar et al.'s direction beside ours.
+KUMAR_COLUMN = "Kumar et al. (TMLR 2022)"
 
 
 def _reading(kind: str, verdict: str) -> str:
-    """The paper's claim's verdict from a test's verdict (C1/C2 claim the absence of an effect)."""
+    """The paper's claim's verdict from a test's verdict (C1/C2 claim the absence of an effect; a significant
+    effect the other way is INVERSE, as Kumar et al. found for C1 on BAPPS)."""
     if verdict.startswith(("insufficient", "no variation")):
         return "untested: " + verdict
     if kind == "absence":
         if verdict.startswith("supported"):
             return "contradicted (the convention holds: " + verdict.split(":", 1)[1].strip() + ")"
+        if verdict.startswith("contradicted"):
+            return ("INVERSE: " + verdict.split(":", 1)[1].strip() + " (the paper's claim of no positive effect "
+                    "holds, and the effect runs the other way)")
         return "consistent (no significant effect; absence of evidence, not proof)"
     return verdict
 
 
+def _benchmarks(per: list[TestResult]) -> str:
+    """How many benchmarks are significant on their own, and in which direction when not all agree."""
+    if not per:
+        return ""
+    yes = sum(1 for x in per if x.verdict.startswith("supported"))
+    no = sum(1 for x in per if x.verdict.startswith("contradicted"))
+    return f"{yes + no}/{len(per)} significant" + (f" ({yes} supported, {no} contradicted)" if no else "")
+
+
 def summary(results: list[TestResult]) -> pd.DataFrame:
-    """One row per claim: pooled statistic, effect size, p or interval, the paper's claim's verdict, and how
-    many benchmarks support it on their own."""
+    """One row per claim: pooled statistic, effect size, p or interval, the paper's claim's verdict, how many
+    benchmarks are significant on their own, and what Kumar et al. report where they tested the same."""
     rows = []
     for claim, test, scope, per_scope, kind, where in CLAIMS:
         def pick(r: TestResult) -> bool:
             return r.test == test and (test != "C1 imagenet_accuracy" or r.statistic == "spearman")
         pooled = [r for r in results if pick(r) and r.task == "all" and r.scope.startswith(scope)]
         per = [r for r in results if pick(r) and r.task != "all" and r.scope == per_scope]
+        kumar = KUMAR.get(test, "")
         if not pooled:
             rows.append({"claim": claim, "statistic": "", "value": math.nan, "effect size": "", "p / interval": "",
-                         "verdict": "untested: nothing to test in this study", "benchmarks": "", "see": where})
+                         "verdict": "untested: nothing to test in this study", "benchmarks": "",
+                         KUMAR_COLUMN: kumar, "see": where})
             continue
         r = pooled[0]
         effect = r.extra.get("effect_size")
         interval = (f"p={r.p_value:.3g}" if r.p_value is not None else "") + (
             f" [{r.ci_low:.3g}, {r.ci_high:.3g}]" if r.ci_low is not None and not math.isnan(r.ci_low) else "")
-        agree = sum(1 for x in per if x.verdict.startswith("supported"))
         rows.append({"claim": claim, "statistic": r.statistic, "value": r.value if r.value is not None else math.nan,
                      "effect size": f"{effect:.3g} ({r.extra.get('effect')})" if effect is not None else "",
                      "p / interval": interval.strip(), "verdict": _reading(kind, r.verdict),
-                     "benchmarks": f"{agree}/{len(per)} significant" if per else "", "see": where})
+                     "benchmarks": _benchmarks(per), KUMAR_COLUMN: kumar, "see": where})
     return pd.DataFrame(rows)

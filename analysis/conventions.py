@@ -211,56 +211,6 @@ def imagenet_correlation(cells: pd.DataFrame, best: pd.DataFrame, seed: int = 0,
     return out
 
 
-def weights_control(cells: pd.DataFrame) -> list[TestResult]:
-    """C1 within architecture: for each pair of ImageNet weight sets of one network (e.g. resnet50 V1/V2),
-    does the weight set with higher top-1 also score better? Pairs per point and at the best point.
-
-    Statistic: share of pairs where sign(score difference) == sign(top-1 difference); binomial test of that
-    share against 1/2 (one-sided, "greater").
-    """
-    hyp = "the weight set with higher ImageNet top-1 scores better (same architecture, same point)"
-    out: list[TestResult] = []
-    c = cells[(cells["weights_kind"] == "imagenet") & (cells["n"] > 0)].dropna(subset=["aligned", "imagenet_top1"])
-    best = best_points(cells)
-    best = best[best["weights_set"].isin(c["weights_set"])]
-    for key, g in c.groupby(GROUP_KEYS, sort=True, dropna=False):
-        pairs = []
-        for (net, point), pg in g.groupby(["network", "point"]):
-            pairs += _sign_pairs(pg)
-        bg = best[(best[GROUP_KEYS] == pd.Series(key, index=GROUP_KEYS)).all(axis=1)]
-        best_pairs = [p for _, ng in bg.groupby("network") for p in _sign_pairs(ng)]
-        for scope, pr in (("per point", pairs), ("best point", best_pairs)):
-            if not pr and not g.groupby("network")["weights_set"].nunique().gt(1).any():
-                continue  # no second weight set in this group: the control does not apply
-            out.append(_agreement(key, scope, pr, hyp))
-    return out
-
-
-def _sign_pairs(g: pd.DataFrame) -> list[int]:
-    """1/0 per pair of rows with different top-1: does the score move in the accuracy's direction?"""
-    rows = g.drop_duplicates("weights_set")[["imagenet_top1", "aligned"]].to_numpy()
-    res = []
-    for i in range(len(rows)):
-        for j in range(i + 1, len(rows)):
-            da, ds = rows[j][0] - rows[i][0], rows[j][1] - rows[i][1]
-            if da != 0:
-                res.append(int(np.sign(da) == np.sign(ds)))
-    return res
-
-
-def _agreement(key: tuple, scope: str, pairs: list[int], hyp: str) -> TestResult:
-    n = len(pairs)
-    if n < 1:
-        return TestResult("C1 weights_control", **_key(key), scope=scope, statistic="agreement_share", value=None,
-                          p_value=None, n=0, verdict=_insufficient(0, "no V1/V2 pair"), hypothesis=hyp)
-    k = sum(pairs)
-    p = stats.binomtest(k, n, 0.5, alternative="greater").pvalue
-    verdict = (f"supported: higher-accuracy weights scored better in {k}/{n} pairs" if p < ALPHA
-               else f"not supported: higher-accuracy weights scored better in {k}/{n} pairs (p={p:.3g})")
-    return TestResult("C1 weights_control", **_key(key), scope=scope, statistic="agreement_share", value=k / n,
-                      p_value=float(p), n=n, verdict=verdict, hypothesis=hyp, extra={"agree": k})
-
-
 # ------------------------------------------------------------------------------------------------- C2 depth
 C2_HYPOTHESIS = "the last extraction point (position 4) is the best one more often than chance (1/4)"
 
@@ -417,5 +367,5 @@ def run_all(cells: pd.DataFrame, seed: int = 0, n_boot: int = N_BOOT) -> list[Te
     if cells.empty:
         return []
     best = best_points(cells)
-    return (imagenet_correlation(cells, best, seed, n_boot) + weights_control(cells) + last_point_test(best)
+    return (imagenet_correlation(cells, best, seed, n_boot) + last_point_test(best)
             + depth_correlation(cells) + batchnorm_test(cells) + mode_test(cells))

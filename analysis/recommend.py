@@ -4,10 +4,13 @@ Reads the study like the report does (MLflow only). The score is the benchmark's
 the interval is a t interval over seeds where a cell has several (none otherwise: one run says nothing about
 its spread); the cost is the GFLOPs of the loss network up to the point as the run logged it
 (`gflops_to_point` param). When no run logged it the cost column and the Pareto front are left out and the
-answer says so, rather than guessing.
+answer says so, rather than guessing. The answer ends with the Python line that builds the top pick as a
+training loss (`trainables.PerceptualLoss`), from what its runs logged: network, point, distance, weights and
+any non-default loss-network condition.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -32,11 +35,36 @@ def _interval(mean: float, std: float, n: int, level: float = 0.95) -> tuple[flo
     return float(lo), float(hi)
 
 
+#: Loss-network conditions a run logs whose non-default values `PerceptualLoss` must be given to reproduce it.
+_CONDITIONS = {"normalisation": ("imagenet", "none"), "mode": ("eval", "train"), "transform_input": ("auto", "on", "off")}
+
+
+def python_line(run: pd.Series) -> tuple[str, list[str]]:
+    """`PerceptualLoss(...)` building the loss network of one trial row as it ran, and notes on what the line
+    cannot carry (weights a similarity variant learned during the trial)."""
+    notes = []
+    distance = str(run.get("distance") or "")
+    if distance not in ("lpips", "mse"):  # runs logged before the `distance` param: the engine's tasks' choice
+        distance = "lpips" if run["task"] == "similarity" else "mse"
+        notes.append(f"the runs do not record their distance; assumed {distance} (what the {run['task']} task uses)")
+    kind = run["weights_kind"]
+    weights = run["weights_set"] if kind == "imagenet" else "random" if kind == "random" else run["weights"]
+    args = [json.dumps(run["network"]), f"points=[{json.dumps(str(run['point']))}]",
+            f"distance={json.dumps(distance)}", f"weights={json.dumps(str(weights))}"]
+    for name, (default, *others) in _CONDITIONS.items():
+        if run.get(name) in others:
+            args.append(f"{name}={json.dumps(run[name])}")
+    if run["task"] == "similarity" and run.get("variant") not in ("baseline", "", None):
+        notes.append(f"the top pick is the {run['variant']} variant, which trained weights during the trial (in its "
+                     "MLflow run's checkpoint); the line builds the network without them")
+    return f"PerceptualLoss({', '.join(args)})", notes
+
+
 def recommend(tracking_uri: str | None, experiment: str, task: str, dataset: str | None = None,
               top: int = 10) -> dict[str, Any]:
-    """The answer as a dict: task, dataset, metric, direction, notes, has_cost, baseline, rows (top K by score)
-    and pareto (the front of score vs cost, empty without cost). LookupError names what exists when the
-    task or dataset is not in the study."""
+    """The answer as a dict: task, dataset, metric, direction, notes, has_cost, baseline, rows (top K by score),
+    pareto (the front of score vs cost, empty without cost) and python (the `PerceptualLoss(...)` line of the
+    top pick). LookupError names what exists when the task or dataset is not in the study."""
     problems: list[str] = []
     df, _ = load_results(client_for(tracking_uri), experiment, problems)
     tasks = sorted(set(df["task"]) - {""}) if not df.empty else []
@@ -78,6 +106,11 @@ def recommend(tracking_uri: str | None, experiment: str, task: str, dataset: str
         if has_cost:
             row["gflops"] = r.gflops_to_point
         rows.append(row)
+    best = nets.iloc[0]
+    ran = trials[(trials["status"] == "FINISHED") & (trials["model"] == best["model"])
+                 & (trials["point"] == best["point"]) & (trials["setting"] == best["setting"])].iloc[0]
+    line, line_notes = python_line(ran)
+    notes += line_notes
     front = []
     if has_cost:
         mask = pareto_front(nets["aligned"].to_numpy(), nets["gflops_to_point"].to_numpy())
@@ -85,7 +118,8 @@ def recommend(tracking_uri: str | None, experiment: str, task: str, dataset: str
         front.sort(key=lambda x: x["gflops"])
     return {"experiment": experiment, "task": task, "dataset": dataset, "metric": metric, "direction": direction,
             "notes": notes, "has_cost": has_cost, "n_candidates": len(rows),
-            "baseline": float(base["value"].mean()) if len(base) else None, "rows": rows[:top], "pareto": front}
+            "baseline": float(base["value"].mean()) if len(base) else None, "rows": rows[:top], "pareto": front,
+            "python": line}
 
 
 def format_text(answer: dict[str, Any]) -> str:
@@ -108,4 +142,6 @@ def format_text(answer: dict[str, Any]) -> str:
         lines.append(f"pixel-loss baseline (network none): {answer['baseline']:.4g}")
     if answer["pareto"]:
         lines += ["Pareto front (no cheaper point scores as well):"] + table(answer["pareto"])
+    lines += ["The top pick as a loss in your own training (README: \"Use the chosen loss in your own training\"):",
+              "from trainables import PerceptualLoss", f"loss_fn = {answer['python']}"]
     return "\n".join(lines)

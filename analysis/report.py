@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.claims import baseline_comparison, run_claims, summary
+from analysis.claims import baseline_comparison, recipe_pairs, run_claims, summary
 from analysis.conventions import TestResult, run_all
 from analysis.figures import Drawn, make_figures
 from analysis.runs import aggregate_seeds, client_for, coverage, coverage_summary, find_experiment, load_results
@@ -76,7 +76,6 @@ def _report_tests(conv: pd.DataFrame) -> dict[str, pd.DataFrame]:
     shown = ["task", "dataset", "metric", "setting", "scope", "statistic", "value", "p_value", "n", "verdict"]
     sections = {
         "C1: ImageNet accuracy vs score (value [95% bootstrap CI])": c["test"] == "C1 imagenet_accuracy",
-        "C1 control: V1/V2 weights of the same architecture": c["test"] == "C1 weights_control",
         "C2: is the last point the best one?": c["test"] == "C2 last_point_best",
         "C2: relative depth vs score": c["test"] == "C2 depth_correlation",
         "Batch norm: vgg16 vs vgg16_bn": c["test"] == "batchnorm vgg16_vs_vgg16_bn",
@@ -86,6 +85,8 @@ def _report_tests(conv: pd.DataFrame) -> dict[str, pd.DataFrame]:
             c["test"] == "claim layer_vs_architecture",
         "Claim: perceptual loss vs pixel baseline (95% Clopper-Pearson interval)":
             c["test"] == "claim beats_pixel_baseline",
+        "Claim: recipes (the more accurate ImageNet weight set of one architecture; sign-flip test over "
+        "architectures)": c["test"] == "claim recipe_accuracy",
     }
     out = {}
     for title, mask in sections.items():
@@ -164,10 +165,13 @@ def _sections(df: pd.DataFrame, cells: pd.DataFrame, plan: list, conv: pd.DataFr
     tables = {group_name(k): score_display(g) for k, g in groups(cells)}
     sections = [
         Section("The paper's claims, tested",
-                "One row per finding of the paper, tested on this study (pooled over its benchmarks); 'benchmarks' "
-                "counts the benchmarks significant on their own. C1 and C2 are claims of absence: 'consistent' "
-                "means no significant effect. Every per-benchmark row is in the section Convention tests and in "
-                "conventions.json; 'see' names the tables and figures behind each row.",
+                "One row per finding of the paper, tested on this study (pooled over its benchmarks), and one "
+                "the paper could not test (recipes: weight sets of one architecture); 'benchmarks' counts the "
+                "benchmarks significant on their own. C1 and C2 are claims of absence: 'consistent' means no "
+                "significant effect, 'INVERSE' a significant effect the other way. A claim about networks the "
+                "study does not hold (no plain VGG, no recipe pair) is 'not applicable'. The Kumar et al. column "
+                "gives the direction they report on BAPPS. Every per-benchmark row is in the section Convention "
+                "tests and in conventions.json; 'see' names the tables and figures behind each row.",
                 _table_parts(claims, "No claim could be tested: the study has no finished trials.")),
         Section("Average ranks",
                 "One ranking for the study: each architecture ranked on every benchmark (task/dataset) by its "
@@ -382,9 +386,9 @@ def analyze(tracking_uri: str | None, experiment: str, out_dir: Path, seed: int 
     """Analyse study `experiment` from `tracking_uri` into `out_dir`; return the HTML report's path.
 
     Writes results.csv (tidy, one row per trial x final metric, failed/missing included), cells.csv
-    (seed-averaged), coverage.csv, rank_intervals.csv (seed bootstrap of the average rank), budget.csv and
-    budget_curve.csv (the epoch a benchmark's ranking settles at), tables/ (CSV + Markdown), conventions.json
-    (+ .csv), figures/ (PNG),
+    (seed-averaged), claims.csv, recipe_pairs.csv (the recipe claim's pairs), coverage.csv,
+    rank_intervals.csv (seed bootstrap of the average rank), budget.csv and budget_curve.csv (the epoch a
+    benchmark's ranking settles at), tables/ (CSV + Markdown), conventions.json (+ .csv), figures/ (PNG),
     report.md and report.html, then logs out_dir as an analysis run (dpl.kind=analysis) in the experiment.
     Raises ExperimentNotFound (a LookupError) listing the available experiments for an unknown name.
     Whatever could not be read (e.g. plan.json) is appended to `problems` (one line each, for the CLI to
@@ -405,6 +409,8 @@ def analyze(tracking_uri: str | None, experiment: str, out_dir: Path, seed: int 
     if not cells.empty:
         write_tables(cells, out_dir / "tables")
     claims.to_csv(out_dir / "claims.csv", index=False)
+    if not cells.empty:
+        recipe_pairs(cells).to_csv(out_dir / "recipe_pairs.csv", index=False)
     uncertainty = _uncertainty(client, df, out_dir, seed)
     comparison: dict[str, pd.DataFrame] = {}
     if compare:
@@ -427,9 +433,10 @@ def analyze(tracking_uri: str | None, experiment: str, out_dir: Path, seed: int 
     warnings = problems + _warnings(df)
     compared = None
     if comparison:
-        compared = Section("Protocol comparison", f"{experiment} against {compare}: each claim's verdict, the "
-                           "Spearman correlation of the two studies' rankings per benchmark, and the networks "
-                           "whose average rank moves most (change = second - first).",
+        compared = Section("Protocol comparison", f"{experiment} against {compare} (another protocol, or another "
+                           "set of networks such as paper vs extended): each claim's verdict, the Spearman "
+                           "correlation of the two studies' rankings per benchmark over the networks both ranked "
+                           "(n), and the networks whose average rank moves most (change = second - first).",
                            _table_parts(comparison, "Nothing to compare."))
     sections = _sections(df, cells, plan, conv, claims, uncertainty, drawn, compared)
     (out_dir / "report.md").write_text(render_markdown(title, warnings, sections, out_dir))

@@ -43,7 +43,7 @@ RAW_COLUMNS = _COLUMNS = [
     "weights", "weights_set", "weights_kind", "normalisation", "mode", "transform_input", "budget", "point",
     "position", "relative_depth", "family", "has_batch_norm", "imagenet_top1", "arch_imagenet_top1",
     "top1_fallback", "weights_random", "synthetic_data", "primary_metric", "baseline_tag", "gflops_to_point",
-    "metric", "direction", "value",
+    "distance", "metric", "direction", "value",
 ]
 
 
@@ -170,6 +170,8 @@ def _run_rows(run: Run) -> list[dict[str, Any]]:
         "baseline_tag": tags.get("dpl.baseline", ""),
         # cost of the loss network up to the point, as the engine logged it (absent for old runs: NaN)
         "gflops_to_point": _float(params.get("gflops_to_point")),
+        # how the task used the loss network (lpips | mse; absent for runs logged before the param existed)
+        "distance": params.get("distance", ""),
     }
     if not directions:
         return [{**base, "metric": "", "direction": "", "value": math.nan}]
@@ -285,7 +287,7 @@ def load_results(client: MlflowClient, experiment_name: str,
     used, else the architecture's V1 top-1 with top1_fallback=True), has_batch_norm, family, mode, variant,
     normalisation, transform_input, seed, setting (the settings that vary within the row's benchmark, else
     "all"), is_baseline (pixel-loss baseline: network "none" or tag dpl.baseline=pixel), gflops_to_point
-    (logged cost, NaN if absent), weights_random, synthetic_data.
+    (logged cost, NaN if absent), distance (lpips | mse, "" if not logged), weights_random, synthetic_data.
     """
     exp = find_experiment(client, experiment_name)
     plan = load_plan(client, exp.experiment_id, problems)

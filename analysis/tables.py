@@ -202,7 +202,7 @@ def rank_table(best: pd.DataFrame) -> pd.DataFrame:
     """Rank the models of each group by their best point (1 = best, direction-aware; ties averaged).
 
     Only the default weights of each architecture are ranked, so that V2 weights do not push V1 networks
-    down (the within-architecture weight comparison is the V1/V2 control in `conventions`), and pixel-loss
+    down (the within-architecture weight comparison is the recipe claim in `claims`), and pixel-loss
     baselines are never ranked among the loss networks (`baseline_comparison` sets them beside the ranking).
     """
     b = best[best["is_default_weights"] & ~best["is_baseline"].fillna(False).astype(bool)].copy()

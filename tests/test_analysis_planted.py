@@ -96,7 +96,8 @@ def trials(truth: dict, baseline_z: float = 0.0) -> list[dict]:
                 params |= {"point": f"p{pos}", "position": str(pos), "relative_depth": str(pos / 4),
                            "weights": "imagenet", "weights_set": "IMAGENET1K_V1", "imagenet_top1": str(top1),
                            "arch_imagenet_top1": str(top1), "family": family, "batch_norm": str(bn),
-                           "gflops_to_point": str(round(0.1 * pos * (1 + len(net) % 5), 3))}
+                           "gflops_to_point": str(round(0.1 * pos * (1 + len(net) % 5), 3)),
+                           "distance": "lpips" if task == "similarity" else "mse"}
             metrics = {m: metric_value(task, m, d, z, scale) for m, d in dirs.items()}
             out.append({"params": params, "tags": tags, "metrics": metrics})
     return out
@@ -144,6 +145,7 @@ def raw_frame(records: list[dict]) -> pd.DataFrame:
                 else None, "imagenet_top1": top1, "arch_imagenet_top1": top1, "top1_fallback": math.isnan(top1),
                 "weights_random": False, "synthetic_data": False, "primary_metric": t["dpl.primary_metric"],
                 "baseline_tag": t.get("dpl.baseline", ""), "gflops_to_point": float(p.get("gflops_to_point", "nan")),
+                "distance": p.get("distance", ""),
                 "metric": m, "direction": d, "value": rec["metrics"][m]})
     return pd.DataFrame(rows)
 
@@ -273,8 +275,11 @@ def test_report_opens_with_the_claims_tested(store):
     md = (store["out"] / "report.md").read_text()
     assert md.index("## The paper's claims, tested") < md.index("## Coverage")
     claims = pd.read_csv(store["out"] / "claims.csv")
-    assert len(claims) == 5 and not claims["verdict"].str.startswith("untested").any()
+    assert len(claims) == 6 and not claims["verdict"].str.startswith("untested").any()
     assert claims["verdict"].iloc[0].startswith("supported")  # VGG without BN, planted
+    recipe = claims.set_index("claim").loc["A more accurate recipe of the same architecture gives a better "
+                                           "perceptual loss", "verdict"]
+    assert recipe.startswith("not applicable: no architecture ran with two or more ImageNet weight sets")
     assert claims["see"].notna().all()
     assert store["problems"] == []
 
@@ -408,6 +413,9 @@ def test_recommend_on_planted_store(store, capsys):
     assert answer["rows"][0]["score"] == pytest.approx(metric_value("superres", "test/set5/psnr", "max",
                                                                     cells[order[0]], 1.0))
     assert answer["metric"] == "test/set5/psnr" and answer["has_cost"] and answer["notes"] == []
+    net, point = order[0]  # the line that builds the top pick, with the condition the benchmark ran under
+    assert answer["python"] == (f'PerceptualLoss("{net}", points=["{point}"], distance="mse", '
+                                f'weights="IMAGENET1K_V1", normalisation="none")')
     assert answer["rows"][0]["ci_low"] is None or answer["rows"][0]["ci_low"] != answer["rows"][0]["ci_low"] \
         or answer["rows"][0]["seeds"] == 1  # one seed: no interval
     gflops = {(r["params"]["network"], r["params"]["point"]): float(r["params"]["gflops_to_point"])

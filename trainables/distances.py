@@ -7,14 +7,21 @@ over points. Both are batched and differentiable.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from trainables.errors import UserError
+
 DISTANCES = ("lpips", "mse")
 #: lpips' own epsilon in normalize_tensor; F.normalize's 1e-12 gives different numbers on dead channels.
 EPS = 1e-10
+
+
+class LinWeightsError(UserError, ValueError):
+    """A lin-weights file that is missing, unreadable or does not fit the points; the message says which."""
 
 
 def unit_normalise(f: torch.Tensor) -> torch.Tensor:
@@ -107,11 +114,16 @@ class PerceptualDistance(nn.Module):
 
         The k-th lin layer of the file goes to the k-th point of this network, in the order given.
         """
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:  # missing, truncated, not torch
+            raise LinWeightsError(f"lin file {path} cannot be read ({type(exc).__name__}); give the lpips "
+                                  f"package's lin weights, e.g. lpips/weights/v0.1/alex.pth") from exc
         layers = sorted({k.split(".")[0] for k in state if k.startswith("lin")}, key=lambda s: int(s[3:]))
         points = list(self.net.points)
         if len(layers) != len(points):
-            raise ValueError(f"lin file {path} has {len(layers)} layers but {len(points)} points were requested")
+            raise LinWeightsError(f"lin file {path} has {len(layers)} layers but {len(points)} points were "
+                                  f"requested: give one point per layer, in the file's order")
         if not self.lin:
             for p in points:
                 self.lin[_safe(p)] = nn.Conv2d(1, 1, kernel_size=1, bias=False)

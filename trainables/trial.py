@@ -127,6 +127,7 @@ def provenance(config: TrialConfig) -> dict[str, Any]:
         # the architecture's paper (V1) accuracy, so analyses of random-weight studies still have an x-axis
         arch_imagenet_top1=top1.get(ln.PAPER_WEIGHTS),
         transform_input_applied=ln.uses_transform_input(config.network, config.weights, config.transform_input),
+        distance=getattr(task, "DISTANCE", None),  # how the task uses the loss network: lpips | mse
         family=ln.family_of(config.network),
         input_size=size,
     )

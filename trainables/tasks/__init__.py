@@ -3,6 +3,8 @@
 - `DATASETS`: tuple of dataset names it accepts (first = default)
 - `VARIANTS`: tuple of variant names (first = default)
 - `METRICS`: {final metric name: "max" | "min"}; `PRIMARY_METRIC`: the one used to rank loss networks
+- `DISTANCE` (optional): "lpips" or "mse", how the task uses the loss network (logged as param `distance`,
+  so `dpl recommend` can print the `PerceptualLoss(...)` line that reproduces it)
 - `BUDGETS`: {"smoke"|"quick"|"paper": {hyper-parameter: default}} (the keys `--set` may override)
 - `input_size(config) -> int`: the loss network's input size (for the feature-shape metadata)
 - `run(config, reporter) -> dict[str, float]`: the trial itself; `config.params` is already resolved

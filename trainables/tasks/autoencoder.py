@@ -36,6 +36,8 @@ DATASETS = ("svhn", "stl10")
 VARIANTS = ("default",)
 METRICS = {"probe/best_val_test_acc": "max", "probe/mean_test_acc": "max", "probe/max_test_acc": "max"}
 PRIMARY_METRIC = "probe/best_val_test_acc"
+#: The loss network is used with the feature MSE, logged as param `distance`.
+DISTANCE = "mse"
 #: Wall time relative to a similarity trial (smoke, 2 cores: 4.5 s vs ~1 s); see study.plan.longest_first.
 RELATIVE_COST = 4.0
 #: network "none" = the pixel-MSE baseline autoencoder (no loss network is built).

@@ -50,6 +50,8 @@ METRICS = {
     **{f"test/tile_mean/{r}": "max" for r in ("quality", "correctness", "completeness")},  # the reference's
 }
 PRIMARY_METRIC = "test/quality"
+#: The loss network is used with the feature MSE, logged as param `distance`.
+DISTANCE = "mse"
 #: network "none" = the pixel-loss baseline (BCE only; no loss network is built).
 NETWORKLESS_OK = (NO_NETWORK,)
 #: `select_on` -> (validation metric, direction) that picks the tested epoch. The total loss is not one:

@@ -37,6 +37,9 @@ METRICS = {
     "jnd/pooled": "max",
 }
 PRIMARY_METRIC = "2afc/mean"
+#: The perceptual distance the loss network is used with (logged as param `distance`; `dpl recommend`
+#: prints it in its `PerceptualLoss(...)` line).
+DISTANCE = "lpips"
 
 # epochs: total training epochs, of which the last `decay_epochs` decay the lr linearly (LPIPS: 5 + 5).
 # max_train_pairs: 0 = all (seeded random choice over the pooled train subsets otherwise);

@@ -45,6 +45,8 @@ DATASETS = ("coco",)
 VARIANTS = ("default",)
 METRICS = {f"test/{s}/{m}": "max" for s in data.TEST_SETS for m in ("psnr", "ssim")}
 PRIMARY_METRIC = "test/set5/psnr"
+#: The loss network is used with the feature MSE (Johnson et al.), logged as param `distance`.
+DISTANCE = "mse"
 #: Wall time of a trial relative to a similarity trial at the same preset (smoke, 2 cores: 17 s vs ~1 s);
 #: the driver starts the longest trials first so short ones fill in behind them.
 RELATIVE_COST = 15.0
