@@ -27,7 +27,6 @@ store=${1:?usage: mlflow-server.sh STORE_DIR [HOST] [PORT]}
 host=${2:-$(hostname -I 2>/dev/null | awk '{print $1}')}
 host=${host:-127.0.0.1}
 port=${3:-5000}
-mkdir -p "$store"
 refuse() { echo "mlflow-server.sh: $*" >&2; exit 2; }
 if [ "$host" = "0.0.0.0" ] && [ "${DPL_ALLOW_PUBLIC_MLFLOW:-0}" != 1 ]; then
   refuse "refusing to bind 0.0.0.0 (set DPL_ALLOW_PUBLIC_MLFLOW=1 if you really mean it)"
@@ -52,6 +51,7 @@ case "$MLFLOW_BACKEND_STORE_URI" in
     ;;
   sqlite:///*) mkdir -p "$(dirname "${MLFLOW_BACKEND_STORE_URI#sqlite:///}")" ;;
 esac
+mkdir -p "$store"
 case "$MLFLOW_ARTIFACTS_DESTINATION" in *://*) ;; *) mkdir -p "$MLFLOW_ARTIFACTS_DESTINATION" ;; esac
 auth=()
 if [ "${MLFLOW_AUTH:-0}" = 1 ] || [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then

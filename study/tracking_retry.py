@@ -114,8 +114,8 @@ class PatientClient:
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.retry_s
-                    log.warning("MLflow server %s: %s; retrying for up to %.0f s", self.uri, _reason(exc),
-                                self.retry_s)
+                    log.warning("dpl: MLflow server %s did not answer (%s); retrying for up to %.0f s", self.uri,
+                                _reason(exc), self.retry_s)
                 if now >= deadline:
                     raise TrackingUnavailable(
                         f"MLflow tracking server {self.uri} did not answer for {self.retry_s:.0f} s "
@@ -125,7 +125,7 @@ class PatientClient:
                 delay = min(delay * 2, MAX_DELAY_S)
             else:
                 if deadline is not None:
-                    log.warning("MLflow server %s answers again", self.uri)
+                    log.warning("dpl: MLflow server %s answers again", self.uri)
                 return result
 
     def __getattr__(self, name: str) -> Any:
@@ -150,27 +150,38 @@ def patient(client: Any, tracking_uri: str, retry_s: float | None) -> Any:
 
 
 def call(c: Any, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(raw_client, *args)` retried as a whole on a patient client, run once on any other."""
+    """`fn(*args)` retried as a whole on a patient client `c`, run once otherwise (for calls that are not
+    the client's own methods, such as an artifact repository's)."""
     if isinstance(c, PatientClient):
-        return c.retry(fn, c.raw, *args)
-    return fn(c, *args)
+        return c.retry(fn, *args)
+    return fn(*args)
 
 
-def log_metrics_once(c: Any, run_id: str, metrics: list[Any], chunk: int = 500) -> None:
-    """Log `metrics` (mlflow Metric entities), each (key, step) once even when a batch is sent again.
+def log_metrics_once(c: Any, run_id: str, metrics: list[Any], tags: dict[str, str] | None = None,
+                     chunk: int = 500) -> None:
+    """Log `metrics` (mlflow Metric entities), each (key, step) once even when a batch is sent again, and
+    then `tags`, in the same request as the last metrics.
 
     The first attempt sends the batch; an attempt after a transient failure first reads back the steps the
-    run holds for those keys (the lost batch may have landed) and sends only what is missing."""
+    run holds for those keys (the lost batch may have landed) and sends only what is missing (tags are
+    idempotent: they are always sent)."""
+    from mlflow.entities import RunTag
+
+    raw = c.raw if isinstance(c, PatientClient) else c
+    tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
     attempts = 0
 
-    def send(raw: Any) -> None:
+    def send() -> None:
         nonlocal attempts
         attempts += 1
         pending = metrics
         if attempts > 1:
             held = {(m.key, m.step) for key in {m.key for m in metrics} for m in raw.get_metric_history(run_id, key)}
             pending = [m for m in metrics if (m.key, m.step) not in held]
-        for i in range(0, len(pending), chunk):
-            raw.log_batch(run_id, metrics=pending[i : i + chunk])
+        starts = list(range(0, len(pending), chunk)) or [0]
+        for i in starts:
+            last = i == starts[-1]
+            if pending[i : i + chunk] or (last and tag_list):
+                raw.log_batch(run_id, metrics=pending[i : i + chunk], tags=tag_list if last else [])
 
     call(c, send)

@@ -41,7 +41,8 @@ ATTEMPTS_TAG = "dpl.attempts"
 class TuneMlflowReporter:
     """Reporter for a trial under Ray Tune, logging to the trial's MLflow run.
 
-    Metrics are logged before the checkpoint is copied, so a kill in between loses no metric; the resumed
+    In mode `shared` metrics are logged before the checkpoint is copied, so a kill in between loses no metric
+    (in mode `mlflow` they go with the checkpoint's commit, see `record`); the resumed
     trial then re-runs that epoch from the previous checkpoint, and `logged_steps` (what the run holds:
     read when this attempt starts, updated as it logs) keeps a metric from being logged twice at one step,
     also when a task's final report repeats the last epoch's metrics. Only (metric, step) pairs already
@@ -67,6 +68,7 @@ class TuneMlflowReporter:
         self.attempt = int(run.data.tags.get(ATTEMPTS_TAG, "0")) + 1
         self.start_epoch: int | None = None
         client.set_tag(run_id, ATTEMPTS_TAG, str(self.attempt))
+        self.checkpoints = artifact_checkpoints.RunCheckpoints(client, run_id)  # mode mlflow's versions
 
     def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
         from ray import tune
@@ -80,21 +82,28 @@ class TuneMlflowReporter:
             tune.report(ray_metrics)
 
     def record(self, epoch: int, values: dict[str, float], checkpoint_dir: Path | None = None) -> bool:
-        """Everything an epoch leaves in MLflow and the study: its metrics, then its checkpoint (uploaded to
-        the run in mode `mlflow`, swapped into the study directory in mode `shared`). True when the
+        """Everything an epoch leaves in MLflow and the study: its metrics and its checkpoint. True when the
         checkpoint went to the study directory (Ray should get it too). What `report` does before Tune, and
-        what `bench/tracking_load.py` times."""
-        self.log_metrics(epoch, values)
+        what `bench/tracking_load.py` times.
+
+        Mode `mlflow`: the checkpoint is uploaded as a new version first; then the epoch's metrics and the
+        pointer's move to that version go in one request (the commit point: the pointer never names a
+        partial upload, and a kill before it re-runs this epoch from the previous checkpoint, which logs its
+        metrics then); then the older version is deleted. Three requests an epoch for a one-file checkpoint.
+        Mode `shared`: metrics first, then the checkpoint swapped into the study directory."""
         self.last = values
-        if checkpoint_dir is None:
+        if checkpoint_dir is not None and self.mode == "mlflow":  # resume reads the run: no shared storage
+            path = self.checkpoints.stage(Path(checkpoint_dir))
+            self.log_metrics(epoch, values, tags={artifact_checkpoints.POINTER_TAG: path})
+            self.checkpoints.committed(path)
             return False
-        if self.mode == "mlflow":  # resume comes from the run, so Ray needs no (shared) storage for it
-            artifact_checkpoints.upload(self.client, self.run_id, Path(checkpoint_dir))
+        self.log_metrics(epoch, values)
+        if checkpoint_dir is None:
             return False
         store_checkpoint(Path(checkpoint_dir), self.checkpoint_dir)
         return True
 
-    def log_metrics(self, epoch: int, values: dict[str, float]) -> None:
+    def log_metrics(self, epoch: int, values: dict[str, float], tags: dict[str, str] | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -102,7 +111,7 @@ class TuneMlflowReporter:
         if self.start_epoch is None:  # this attempt's first epoch: record where it started
             self.start_epoch = epoch
             batch.append(Metric(START_EPOCH_METRIC, float(epoch), now, self.attempt))
-        tracking_retry.log_metrics_once(self.client, self.run_id, batch)  # once, also when sent again
+        tracking_retry.log_metrics_once(self.client, self.run_id, batch, tags)  # once, also when sent again
         self.logged_steps.update({m.key: m.step for m in batch})
 
     def log_artifact(self, path: Path, subdir: str = "") -> None:

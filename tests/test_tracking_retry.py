@@ -171,18 +171,27 @@ def checkpoint(tmp_path: Path, epoch: int) -> Path:
     return d
 
 
-def test_a_checkpoint_upload_is_sent_again_and_the_pointer_moves_only_after_it(tmp_path, sqlite_store) -> None:
+def test_an_epoch_in_mlflow_mode_is_sent_again_and_its_pointer_moves_only_after_the_upload(tmp_path,
+                                                                                          sqlite_store) -> None:
+    """What a trial's reporter sends per epoch in checkpoint mode `mlflow` (upload, then metrics + pointer in
+    one batch, then the delete), with answers lost; then a server that goes away during an upload."""
     c, exp = sqlite_store
     run_id = c.create_run(exp).info.run_id
-    ac.upload(c, run_id, checkpoint(tmp_path, 1))
-    lossy = LosesAnswers(c, log_artifacts=1, set_tag=1)
-    assert ac.upload(patient(lossy), run_id, checkpoint(tmp_path, 2)) == "checkpoint/v000002"
+    lossy = LosesAnswers(c, log_artifacts=1, log_batch=1)
+    reporter = TuneMlflowReporter(patient(lossy), run_id, tmp_path / "node", mode="mlflow")
+    for epoch in (1, 2):
+        reporter.record(epoch, {"train/loss": 1.0 / epoch}, checkpoint(tmp_path, epoch))
+    assert lossy.calls == {"log_artifacts": 3, "log_batch": 3}  # one of each sent twice
     assert [a.path for a in c.list_artifacts(run_id, ac.ARTIFACT_ROOT)] == ["checkpoint/v000002"]
+    assert ac.pointer(c, run_id) == "checkpoint/v000002"
     assert load_checkpoint(ac.download(c, run_id, tmp_path / "dl"))["epoch"] == 2
-    # the server goes away during the next upload and stays away past the budget: the pointer stays on
-    # the complete version 2, which is what the resumed trial downloads
-    down = Unreachable(c, "log_artifacts")
+    assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2]
+    # the server goes away during epoch 3's upload and stays away past the budget: the pointer stays on the
+    # complete version 2 (what a resumed trial downloads), and epoch 3's metrics wait for its re-run
+    down = tracking_retry.PatientClient(Unreachable(c, "log_artifacts"), 1, "http://127.0.0.1:5000")
     with pytest.raises(tracking_retry.TrackingUnavailable):
-        ac.upload(tracking_retry.PatientClient(down, 1, "http://127.0.0.1:5000"), run_id, checkpoint(tmp_path, 3))
+        TuneMlflowReporter(down, run_id, tmp_path / "node2", mode="mlflow").record(3, {"train/loss": 0.3},
+                                                                                 checkpoint(tmp_path, 3))
     assert ac.pointer(c, run_id) == "checkpoint/v000002"
     assert load_checkpoint(ac.download(c, run_id, tmp_path / "dl2"))["epoch"] == 2
+    assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2]

@@ -178,6 +178,9 @@ def test_smoke_study_on_postgresql_then_analyze(tracking_servers, tmp_path) -> N
     """One real smoke task (superres) and a toy trial through the server on PostgreSQL; `dpl analyze` reads
     them back from it; the runs are rows of PostgreSQL's own tables, and no SQLite store was made."""
     server = tracking_servers.get("postgres")
+    argvs = [Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") for pid in server.pids()]
+    assert any("uvicorn" in a for a in argvs), argvs  # what `ps` shows of the server carries no secret
+    assert not any(tracking_servers.postgres.password in a or "postgresql://" in a for a in argvs), argvs
     data = tmp_path / "toy-data"
     data.mkdir()
     spec = tmp_path / "pgsmoke.yaml"
