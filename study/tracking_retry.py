@@ -41,6 +41,11 @@ FIRST_DELAY_S, MAX_DELAY_S = 0.5, 5.0
 #: MLflow error codes a server (or the proxy in front of it) answers while it is overloaded or restarting.
 TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "REQUEST_LIMIT_EXCEEDED",
                    "RESOURCE_EXHAUSTED"}
+#: What an overloaded server answers in a 400 BAD_REQUEST (MLflow 3.17 reports its database session errors so):
+#: its connection pool exhausted (measured: bench/tracking_load.py, SQLite, 64 trials), SQLite's write lock,
+#: PostgreSQL out of connections. The request did nothing; sending it again later is right.
+OVERLOAD_MESSAGES = ("QueuePool limit", "database is locked", "too many clients already",
+                     "remaining connection slots are reserved")
 #: MLflow's own HTTP retries, off in a study's processes: the budget above is the only one.
 MLFLOW_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 T = TypeVar("T")
@@ -64,7 +69,8 @@ def is_transient(exc: BaseException) -> bool:
 
     MLflow wraps a failed request in an MlflowException whose context is the requests/urllib3 error; an
     answer with an error status becomes an MlflowException with the status's code (HTTP 5xx/429 -> one of
-    TRANSIENT_CODES) or, for artifact uploads, a requests HTTPError carrying the response."""
+    TRANSIENT_CODES) or, for artifact uploads, a requests HTTPError carrying the response. An overloaded
+    server's database errors come back as 400 BAD_REQUEST: recognised by their text (OVERLOAD_MESSAGES)."""
     import requests
     import urllib3
 
@@ -79,7 +85,7 @@ def is_transient(exc: BaseException) -> bool:
             return e.response.status_code == 429 or e.response.status_code >= 500
         code = getattr(e, "error_code", None)
         if code is not None and type(e).__name__ in ("MlflowException", "RestException"):
-            return code in TRANSIENT_CODES
+            return code in TRANSIENT_CODES or any(m in str(e) for m in OVERLOAD_MESSAGES)
     return False
 
 
