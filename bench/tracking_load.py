@@ -15,7 +15,9 @@ Every HTTP request is timed on the client (`requests.Session.request`), so reque
 After each run the server is read back: one run per trial key (duplicates = extra runs + (metric, step)
 pairs held more than once), FINISHED, no epoch or final metric missing (losses), the pointer on the last
 epoch's checkpoint. A (backend, N) **holds** when no trial failed, nothing was duplicated or lost, and the
-p99 time to record an epoch is at most `--epoch-s` (logging would otherwise slow the trials down).
+p99 time to record an epoch is at most `--p99-target-s` (default 10 s: a paper-budget epoch takes minutes on a
+GPU, so this keeps tracking under ~10 % of a trial's time; the simulated epochs are compressed to
+`--epoch-s` so that the server sees N trials' requests far more often than on a real cluster).
 
     python bench/tracking_load.py                        # N = 16, 64, 256 x SQLite, PostgreSQL x 1, 4 workers
     python bench/tracking_load.py --n 16 --backends sqlite --workers 1 --epochs 2    # a quick look (~2 min)
@@ -92,7 +94,7 @@ def simulated_trial(i: int, args: dict[str, Any], study: dict[str, Any], info: d
 
     _local.trial = i
     rng = random.Random(i)
-    out: dict[str, Any] = {"trial": i, "epoch_s": [], "error": "", "key": f"load-{i:04d}"}
+    out: dict[str, Any] = {"trial": i, "epoch_s": [], "error": "", "key": f"load-{i:04d}", "begin": time.time()}
     scratch = Path(tempfile.mkdtemp(prefix="dpl-load-"))
     try:
         _local.phase = "start"
@@ -133,6 +135,7 @@ def simulated_trial(i: int, args: dict[str, Any], study: dict[str, Any], info: d
         import shutil
 
         shutil.rmtree(scratch, ignore_errors=True)
+        out["end"] = time.time()
     return out
 
 
@@ -140,6 +143,9 @@ def _worker(job: tuple[list[int], dict[str, Any], dict[str, Any], dict[str, Any]
     """One client process: its share of the trials, one thread each."""
     trials, args, study, info, blob = job
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(args["request_timeout"])
+    from study.driver import STUDY_ENV  # what a trial's process has (no run URL printed, no get_run for it)
+
+    os.environ.update(STUDY_ENV)
     _instrument()
     with ThreadPoolExecutor(max_workers=len(trials)) as pool:
         results = list(pool.map(lambda i: simulated_trial(i, args, study, info, Path(blob)), trials))
@@ -191,9 +197,11 @@ def run_load(url: str, n: int, args: argparse.Namespace, label: str, info: dict[
     per_epoch = Counter(r[2] for r in records if r[1] == "epoch")
     epochs_done = len(epoch_lat)
     errors = [t["error"] for t in trials if t["error"]] + (["timed out"] * (n - len(trials)))
+    # throughput over the trials' own time (first start to last end), not the client processes' start-up
+    window = (max(t["end"] for t in trials) - min(t["begin"] for t in trials)) if trials else wall
     row = {
-        "label": label, "n": n, "wall_s": wall, "timed_out": timed_out, "epochs": epochs_done,
-        "epochs_per_s": epochs_done / wall, "requests": len(records), "requests_per_s": len(records) / wall,
+        "label": label, "n": n, "wall_s": wall, "window_s": window, "timed_out": timed_out, "epochs": epochs_done,
+        "epochs_per_s": epochs_done / window, "requests": len(records), "requests_per_s": len(records) / window,
         "requests_per_epoch": sum(per_epoch.values()) / max(1, epochs_done),
         "per_epoch": {k: v / max(1, epochs_done) for k, v in per_epoch.most_common()},
         "failed_requests": sum(not r[4] for r in records),
@@ -202,7 +210,7 @@ def run_load(url: str, n: int, args: argparse.Namespace, label: str, info: dict[
         "errors": len(errors), "error_examples": sorted(set(errors))[:3], **check,
     }
     row["holds"] = (row["errors"] == 0 and row["duplicates"] == 0 and row["losses"] == 0
-                    and row["epoch_p99_s"] <= args.epoch_s)
+                    and row["epoch_p99_s"] <= args.p99_target_s)
     return row
 
 
@@ -280,9 +288,11 @@ def main() -> int:
     ap.add_argument("--retry-s", type=float, default=120, help="the trials' tracking_retry_s (default 120)")
     ap.add_argument("--request-timeout", type=int, default=60, help="MLFLOW_HTTP_REQUEST_TIMEOUT of the trials")
     ap.add_argument("--max-s", type=float, default=900, help="bound on one (server, N) run; then it counts as failed")
+    ap.add_argument("--p99-target-s", type=float, default=10.0, help="p99 epoch-record time that still holds")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     print(f"load before: {os.getloadavg()[0]:.1f} (1-min load average, {os.cpu_count()} CPUs)", flush=True)
     print(f"command: python bench/tracking_load.py {' '.join(sys.argv[1:])}", flush=True)
     info = provenance_info()
@@ -323,7 +333,7 @@ def main() -> int:
     bad = [r for r in rows if r["duplicates"] or (r["losses"] and not r["errors"])]  # a failed trial may lose
     for r in rows:
         print(f"{'PASS' if r['holds'] else 'MISS'} {r['label']} N={r['n']}: errors {r['errors']}, duplicates "
-              f"{r['duplicates']}, losses {r['losses']}, epoch p99 {r['epoch_p99_s']:.2f} s (target <= {args.epoch_s} s)")
+              f"{r['duplicates']}, losses {r['losses']}, epoch p99 {r['epoch_p99_s']:.2f} s (target <= {args.p99_target_s} s)")
     for r in bad:
         print(f"FAIL {r['label']} N={r['n']}: {r['duplicates']} duplicated, {r['losses']} lost with no trial failing")
     return 1 if bad else 0

@@ -31,6 +31,9 @@ STUDY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "1",
+    # MLflow prints "View run ... at: URL" at every run's end, after one more get_run request (the console
+    # prints the study's URL itself)
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
