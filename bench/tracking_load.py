@@ -242,9 +242,11 @@ def read_back(c: Any, experiment_id: str, n: int, epochs: int, samples: int) -> 
     with ThreadPoolExecutor(max_workers=8) as pool:
         checked = list(pool.map(check, runs))
     finished = sum(r.info.status == tracking.FINISHED for r in runs)
+    extra_runs = sum(v - 1 for v in keys.values() if v > 1)
     return {
-        "runs": len(runs), "finished": finished,
-        "duplicates": sum(v - 1 for v in keys.values() if v > 1) + sum(d for d, _, _ in checked),
+        "runs": len(runs), "finished": finished, "extra_runs": extra_runs,
+        "extra_runs_empty": sum(not r.data.metrics and not r.data.params for r in runs) if extra_runs else 0,
+        "duplicates": extra_runs + sum(d for d, _, _ in checked),
         "losses": (n - len(keys)) + sum(lost for _, lost, _ in checked) + (len(runs) - finished),
         "pointer_wrong": sum(not ok for _, _, ok in checked),
     }
@@ -335,7 +337,8 @@ def main() -> int:
         print(f"{'PASS' if r['holds'] else 'MISS'} {r['label']} N={r['n']}: errors {r['errors']}, duplicates "
               f"{r['duplicates']}, losses {r['losses']}, epoch p99 {r['epoch_p99_s']:.2f} s (target <= {args.p99_target_s} s)")
     for r in bad:
-        print(f"FAIL {r['label']} N={r['n']}: {r['duplicates']} duplicated, {r['losses']} lost with no trial failing")
+        lost = f", {r['losses']} lost with no trial failing" if r["losses"] and not r["errors"] else ""
+        print(f"FAIL {r['label']} N={r['n']}: {r['duplicates']} duplicated{lost}")
     return 1 if bad else 0
 
 
