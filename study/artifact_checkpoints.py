@@ -54,56 +54,87 @@ def _version_of(path: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _listed_versions(client: Any, run_id: str) -> list[tuple[str, int]]:
-    """(artifact path, number) of every version folder in the run, complete or not."""
-    found = []
-    for info in client.list_artifacts(run_id, ARTIFACT_ROOT):
-        n = _version_of(info.path)
-        if info.is_dir and n is not None:
-            found.append((info.path, n))
-    return found
-
-
 def pointer(client: Any, run_id: str) -> str | None:
     """The artifact path of the newest complete checkpoint, or None (nothing uploaded yet)."""
     return client.get_run(run_id).data.tags.get(POINTER_TAG)
 
 
+class RunCheckpoints:
+    """The checkpoint versions of one run, as one attempt of a trial keeps them.
+
+    What the run holds (its versions, the pointer) is read from the server once, at this attempt's first
+    upload, and then kept by the attempt's own uploads; artifacts are listed and deleted through the run's
+    artifact repository, resolved once. So an epoch's checkpoint costs its upload (one PUT per file), the
+    pointer's move and one delete; `MlflowClient.list_artifacts` alone sends four requests (it resolves the
+    run and its logged models each time), and the first version of this module sent 9.5 per epoch
+    (docs/BENCHMARKS.md, "Tracking server load").
+    """
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self.current: str | None = None
+        self.listed: list[tuple[str, int]] | None = None
+        self._repo: Any = None
+
+    def repo(self) -> Any:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        if self._repo is None:
+            uri = self.client.get_run(self.run_id).info.artifact_uri
+            self._repo = get_artifact_repository(uri, tracking_uri=self.client.tracking_uri)
+        return self._repo
+
+    def _read(self) -> None:
+        """The versions present (complete or not) and the pointer, once per attempt."""
+        if self.listed is None:
+            from study.tracking_retry import call
+
+            infos = call(self.client, self.repo().list_artifacts, ARTIFACT_ROOT)
+            self.listed = [(i.path, n) for i in infos if i.is_dir and (n := _version_of(i.path)) is not None]
+            self.current = pointer(self.client, self.run_id)
+
+    def stage(self, src: Path) -> str:
+        """Upload the checkpoint directory `src` as a new version that nothing points at yet; its path.
+
+        The version number is one past every version present (also a partial upload of an attempt that was
+        killed), so a new upload never lands in a folder that already holds files."""
+        self._read()
+        n = 1 + max([_version_of(self.current) or 0, *(v for _, v in self.listed)])
+        path = version_path(n)
+        self.client.log_artifacts(self.run_id, str(src), artifact_path=path)
+        self.listed.append((path, n))
+        return path
+
+    def committed(self, path: str) -> int:
+        """`path` is now what the pointer names: delete every other version; returns how many went. Stores
+        that cannot delete (MLflow raises NotImplementedError, or a server refuses) keep them: only space
+        is lost, never correctness."""
+        self.current = path
+        gone = []
+        for old, n in self.listed:
+            if old == path:
+                continue
+            try:
+                self.repo().delete_artifacts(old)
+            except Exception:  # noqa: BLE001 - NotImplementedError, HTTP 4xx/5xx: the version just stays
+                break
+            gone.append(old)
+        self.listed = [(p, n) for p, n in self.listed if p not in gone]
+        return len(gone)
+
+    def upload(self, src: Path) -> str:
+        """Stage `src`, then point the run's tag at it (the commit point), then delete the older versions."""
+        path = self.stage(src)
+        self.client.set_tag(self.run_id, POINTER_TAG, path)  # only now is the new version the checkpoint
+        self.committed(path)
+        return path
+
+
 def upload(client: Any, run_id: str, src: Path) -> str:
     """Upload the checkpoint directory `src` as a new version, then point the run's tag at it, then
-    delete the versions before it. Returns the new version's artifact path.
-
-    The version number is one past every version present (also a partial upload of an attempt that was
-    killed), so a new upload never lands in a folder that already holds files.
-    """
-    listed = _listed_versions(client, run_id)
-    current = _version_of(pointer(client, run_id))
-    n = 1 + max([current or 0, *(v for _, v in listed)])
-    path = version_path(n)
-    client.log_artifacts(run_id, str(src), artifact_path=path)
-    client.set_tag(run_id, POINTER_TAG, path)  # the commit point: only now is the new version the checkpoint
-    delete_older(client, run_id, keep=path, listed=listed)
-    return path
-
-
-def delete_older(client: Any, run_id: str, keep: str, listed: list[tuple[str, int]] | None = None) -> int:
-    """Delete every version folder but `keep`; returns how many went. Stores that cannot delete (MLflow
-    raises NotImplementedError, or a server refuses) keep them: only space is lost, never correctness."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    stale = [p for p, _ in (listed if listed is not None else _listed_versions(client, run_id)) if p != keep]
-    if not stale:
-        return 0
-    run = client.get_run(run_id)
-    repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
-    gone = 0
-    for path in stale:
-        try:
-            repo.delete_artifacts(path)
-            gone += 1
-        except Exception:  # noqa: BLE001 - NotImplementedError, HTTP 4xx/5xx: the version just stays
-            break
-    return gone
+    delete the versions before it (`RunCheckpoints.upload`, reading the run's state first). Returns the new
+    version's artifact path."""
+    return RunCheckpoints(client, run_id).upload(src)
 
 
 def download(client: Any, run_id: str, dest_parent: Path) -> Path | None:

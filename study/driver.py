@@ -23,6 +23,7 @@ from study import tracking
 from study.artifact_checkpoints import carry_over, resolve_mode
 from study.plan import PlannedTrial, ensure_synthetic_data, expand, longest_first, planned_synthetic, save_plan
 from study.spec import StudySpec, save_spec
+from study.tracking_retry import TrackingUnavailable
 from trainables.errors import UserError
 
 #: Study-run tag: the checkpoint mode of the newest launch (param `checkpoints` keeps the first launch's).
@@ -36,6 +37,9 @@ STUDY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "1",
+    # MLflow prints "View run ... at: URL" at every run's end, after one more get_run request (the console
+    # prints the study's URL itself)
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
@@ -264,6 +268,8 @@ def close_orphans(c: Any, experiment_id: str, keys: set[str], results: Any) -> N
             key = trial_key(TrialConfig.from_dict(trial_cfg))
         if key and r.error is not None:
             errors[key] = f"{type(r.error).__name__}: {str(r.error).splitlines()[0] if str(r.error) else ''}"
+        elif key and (r.metrics or {}).get("dpl_failed"):  # a trial that could not reach the tracking server
+            errors[key] = str(r.metrics.get("error", ""))
     for key, run in tracking.runs_by_key(c, experiment_id).items():
         if key in keys and run.info.status == tracking.RUNNING:
             tracking.finish_run(c, run.info.run_id, tracking.FAILED,
@@ -305,7 +311,7 @@ def _prepare(spec: StudySpec, tracking_uri: str) -> Launch:
         print(f"dpl: generated synthetic data in {root}", file=sys.stderr)
     plan = expand(spec)
     save_plan(spec, plan)
-    c = tracking.client(tracking_uri)
+    c = tracking.client(tracking_uri, retry_s=spec.raw["tracking_retry_s"])
     parent_id = tracking.parent_run(c, experiment_id, spec.name)
     c.update_run(parent_id, status=tracking.RUNNING)
     tracking.log_plan(c, parent_id, [t.summary() for t in plan])
@@ -371,8 +377,9 @@ def run_study(
         os.environ.setdefault(k, v)
     apply_cli_overrides(spec, gpus_per_trial, cpus_per_trial, max_concurrent)
     study_dir = spec.study_dir
+    tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
+    tracking.check_reachable(tracking_uri)  # before the lock: an unreachable server leaves no file behind
     with study_lock(study_dir):
-        tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
         checkpoint_mode = resolve_mode(checkpoints or spec.raw.get("checkpoints"), tracking_uri)
         expand(spec)  # validate every trial (networks, points, settings) before anything is written
         if spec.raw["search"]["type"] == "optuna":
@@ -396,6 +403,7 @@ def run_study(
             "cpus_per_trial": spec.raw["resources"]["cpu"],
             "checkpoints": checkpoint_mode, "synthetic": planned_synthetic(study_dir),
             "run_names": distinct_run_names(plan), "data_root": spec.raw.get("data_root"),
+            "tracking_retry_s": spec.raw["tracking_retry_s"],
         }
         tracking.log_params_once(c, launch.parent_id, {"checkpoints": checkpoint_mode})  # the first launch's
         c.set_tag(launch.parent_id, CHECKPOINTS_TAG, checkpoint_mode)  # this launch's
@@ -406,6 +414,7 @@ def run_study(
             print(f"dpl: moved the checkpoints of {moved} interrupted trial(s) to "
                   f"{'their MLflow runs' if checkpoint_mode == 'mlflow' else study_dir / 'checkpoints'} "
                   f"(--checkpoints {checkpoint_mode}), where they resume from", file=sys.stderr)
+        unreachable = False
         try:
             if ray_use.ready and spec.raw["search"]["type"] == "optuna":
                 from study.search import run_optuna
@@ -415,16 +424,23 @@ def run_study(
                 results = run_batch(spec, longest_first(todo), study_info, verbose=verbose, planned=len(plan),
                                     already_finished=len(plan) - len(todo))
                 close_orphans(c, experiment_id, {t.key for t in todo}, results)
+        except TrackingUnavailable:
+            unreachable = True  # its one line is the error; the bookkeeping below would wait a second budget
+            raise
         finally:
-            runs = tracking.runs_by_key(c, experiment_id)
-            cov = coverage(plan, runs) if spec.raw["search"]["type"] == "grid" else _search_coverage(runs)
-            tracking.log_plan(c, launch.parent_id, [t.summary() for t in plan], cov)
-            tracking.describe_study_run(c, experiment_id, launch.parent_id, spec.name, [t.summary() for t in plan])
-            c.set_terminated(launch.parent_id, status=tracking.FINISHED)
-            if ray_use.owned:
-                import ray
+            try:
+                if not unreachable:
+                    runs = tracking.runs_by_key(c, experiment_id)
+                    cov = coverage(plan, runs) if spec.raw["search"]["type"] == "grid" else _search_coverage(runs)
+                    tracking.log_plan(c, launch.parent_id, [t.summary() for t in plan], cov)
+                    tracking.describe_study_run(c, experiment_id, launch.parent_id, spec.name,
+                                                [t.summary() for t in plan])
+                    c.set_terminated(launch.parent_id, status=tracking.FINISHED)
+            finally:
+                if ray_use.owned:
+                    import ray
 
-                ray.shutdown()
+                    ray.shutdown()
         print(f"dpl: done: {coverage_line(cov)}", file=sys.stderr)
         for line in tracking.ui_hint(tracking_uri, experiment_id):
             print(f"dpl: {line}", file=sys.stderr)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from study.tracking_retry import DEFAULT_RETRY_S
 from trainables.config import BUDGETS, MODES, NORMALISATIONS, TRANSFORM_INPUT, ConfigError, parse_assignments
 
 PRESETS = ("smoke", "quick", "paper", "corrected")
@@ -55,6 +56,7 @@ TOP_KEYS = {
     "checkpoints": "auto | shared | mlflow: where trials keep checkpoints (auto = mlflow for an http(s) tracking URI)",
     "ray_storage": "Ray Tune's storage_path: a local path on the head or an object-store URI (default <study>/ray)",
     "plugins": "mapping task name -> module of a task of your own (as DPL_TASKS; dpl records those a study uses)",
+    "tracking_retry_s": "seconds a trial (and the driver) keeps retrying an unreachable MLflow server (default 300)",
 }
 TASK_KEYS = {
     "datasets": "list of dataset names (default: the task's first)",
@@ -163,6 +165,10 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         raise _fail("max_failures", f"{mf}", "an integer >= 0")
     if raw.setdefault("checkpoints", "auto") not in ("auto", "shared", "mlflow"):
         raise _fail("checkpoints", repr(raw["checkpoints"]), "auto | shared | mlflow")
+    retry = _expect(raw.setdefault("tracking_retry_s", DEFAULT_RETRY_S), (int, float), "tracking_retry_s",
+                    "a number of seconds > 0")
+    if retry <= 0:
+        raise _fail("tracking_retry_s", f"{retry}", "a number of seconds > 0")
     if raw.get("ray_storage") is not None:
         _expect(raw["ray_storage"], str, "ray_storage", "a local path on the head or a URI such as s3://bucket/dpl")
     _check_keys(raw.setdefault("ray", {}), {"num_cpus": "", "num_gpus": ""}, "ray")

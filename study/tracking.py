@@ -67,12 +67,16 @@ def refuse_credentials_in_uri(tracking_uri: str) -> None:
         )
 
 
-def client(tracking_uri: str):  # -> MlflowClient (import kept lazy: mlflow costs 2 s)
+def client(tracking_uri: str, retry_s: float | None = None):  # -> MlflowClient (import kept lazy: 2 s)
+    """An MlflowClient; with `retry_s` (a study's `tracking_retry_s`) and an http(s) URI, one whose calls
+    outlast a server restart of up to that many seconds (`study.tracking_retry`)."""
     refuse_credentials_in_uri(tracking_uri)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    from study.tracking_retry import patient
+
+    return patient(MlflowClient(tracking_uri=tracking_uri), tracking_uri, retry_s)
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -172,15 +176,46 @@ def log_plan(c: Any, parent_id: str, plan: list[dict[str, Any]], coverage: dict[
 
 
 def attach_trial_run(c: Any, experiment_id: str, key: str, run_name: str, tags: dict[str, str]) -> str:
-    """The run for `key`: found by tag and set RUNNING again, or created. Never a second one."""
+    """The run for `key`: found by tag and set RUNNING again, or created. Never a second one.
+
+    `create_run` is the one tracking call that is not idempotent: sent again after its response was lost
+    (a server restart, a timeout), it makes a second run. So after creating, the key's runs are read back
+    and the extra empty ones deleted (`keep_one_run`)."""
     found = find_runs(c, experiment_id, f"tags.`{KEY_TAG}` = '{key}'")
     if found:
-        run_id = found[0].info.run_id
+        run_id = keep_one_run(c, found)
         c.update_run(run_id, status=RUNNING)
         c.set_tag(run_id, ERROR_TAG, "")
         return run_id
-    run = c.create_run(experiment_id, run_name=run_name, tags={KEY_TAG: key, KIND_TAG: "trial", **tags})
-    return run.info.run_id
+    c.create_run(experiment_id, run_name=run_name, tags={KEY_TAG: key, KIND_TAG: "trial", **tags})
+    return keep_one_run(c, find_runs(c, experiment_id, f"tags.`{KEY_TAG}` = '{key}'"))
+
+
+def _is_empty(run: Any) -> bool:
+    return not run.data.metrics and not run.data.params and run.info.status == RUNNING
+
+
+def keep_one_run(c: Any, runs: list[Any], keep: str | None = None) -> str:
+    """Of several runs of one trial key, the one to use (`keep`, else a FINISHED one, else the one holding
+    the most, else the oldest); the others that hold nothing (a `create_run` the server executed although
+    its client never got the answer) are deleted. A run holding data is never deleted."""
+    def rank(r: Any) -> tuple:
+        return (r.info.run_id == keep, r.info.status == FINISHED, len(r.data.metrics) + len(r.data.params),
+                -(r.info.start_time or 0), r.info.run_id)
+
+    best, *others = sorted(runs, key=rank, reverse=True)
+    for run in others:
+        if _is_empty(run):
+            c.delete_run(run.info.run_id)
+    return best.info.run_id
+
+
+def drop_empty_duplicates(c: Any, experiment_id: str, key: str, run_id: str) -> None:
+    """Delete empty runs of `key` other than `run_id` that appeared after the trial attached (a `create_run`
+    sent while the server was frozen can be executed late, after the retry that succeeded)."""
+    found = find_runs(c, experiment_id, f"tags.`{KEY_TAG}` = '{key}'")
+    if len(found) > 1:
+        keep_one_run(c, found, keep=run_id)
 
 
 def log_params_once(c: Any, run_id: str, params: dict[str, Any]) -> None:

@@ -22,13 +22,14 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
 
-from study import artifact_checkpoints, tracking
+from study import artifact_checkpoints, tracking, tracking_retry
 from study.spec import DATA_ROOT_ENV
 from trainables.config import TrialConfig, is_synthetic, trial_key
 from trainables.reporting import START_EPOCH_METRIC, newest_checkpoint, store_checkpoint
@@ -40,7 +41,8 @@ ATTEMPTS_TAG = "dpl.attempts"
 class TuneMlflowReporter:
     """Reporter for a trial under Ray Tune, logging to the trial's MLflow run.
 
-    Metrics are logged before the checkpoint is copied, so a kill in between loses no metric; the resumed
+    In mode `shared` metrics are logged before the checkpoint is copied, so a kill in between loses no metric
+    (in mode `mlflow` they go with the checkpoint's commit, see `record`); the resumed
     trial then re-runs that epoch from the previous checkpoint, and `logged_steps` (what the run holds:
     read when this attempt starts, updated as it logs) keeps a metric from being logged twice at one step,
     also when a task's final report repeats the last epoch's metrics. Only (metric, step) pairs already
@@ -66,25 +68,42 @@ class TuneMlflowReporter:
         self.attempt = int(run.data.tags.get(ATTEMPTS_TAG, "0")) + 1
         self.start_epoch: int | None = None
         client.set_tag(run_id, ATTEMPTS_TAG, str(self.attempt))
+        self.checkpoints = artifact_checkpoints.RunCheckpoints(client, run_id)  # mode mlflow's versions
 
     def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
         from ray import tune
 
         values = {k: float(v) for k, v in metrics.items()}
-        self.log_metrics(epoch, values)
-        self.last = values
+        shared = self.record(epoch, values, checkpoint_dir)
         ray_metrics = {"epoch": epoch, **{k.replace("/", "."): v for k, v in values.items()}}
-        if checkpoint_dir is None:
+        if shared:  # Ray keeps a copy too, for FailureConfig restarts (mode `mlflow`: resume reads the run)
+            tune.report(ray_metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        else:
             tune.report(ray_metrics)
-            return
-        if self.mode == "mlflow":  # resume comes from the run, so Ray needs no (shared) storage for it
-            artifact_checkpoints.upload(self.client, self.run_id, Path(checkpoint_dir))
-            tune.report(ray_metrics)
-            return
-        store_checkpoint(Path(checkpoint_dir), self.checkpoint_dir)
-        tune.report(ray_metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    def log_metrics(self, epoch: int, values: dict[str, float]) -> None:
+    def record(self, epoch: int, values: dict[str, float], checkpoint_dir: Path | None = None) -> bool:
+        """Everything an epoch leaves in MLflow and the study: its metrics and its checkpoint. True when the
+        checkpoint went to the study directory (Ray should get it too). What `report` does before Tune, and
+        what `bench/tracking_load.py` times.
+
+        Mode `mlflow`: the checkpoint is uploaded as a new version first; then the epoch's metrics and the
+        pointer's move to that version go in one request (the commit point: the pointer never names a
+        partial upload, and a kill before it re-runs this epoch from the previous checkpoint, which logs its
+        metrics then); then the older version is deleted. Three requests an epoch for a one-file checkpoint.
+        Mode `shared`: metrics first, then the checkpoint swapped into the study directory."""
+        self.last = values
+        if checkpoint_dir is not None and self.mode == "mlflow":  # resume reads the run: no shared storage
+            path = self.checkpoints.stage(Path(checkpoint_dir))
+            self.log_metrics(epoch, values, tags={artifact_checkpoints.POINTER_TAG: path})
+            self.checkpoints.committed(path)
+            return False
+        self.log_metrics(epoch, values)
+        if checkpoint_dir is None:
+            return False
+        store_checkpoint(Path(checkpoint_dir), self.checkpoint_dir)
+        return True
+
+    def log_metrics(self, epoch: int, values: dict[str, float], tags: dict[str, str] | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -92,8 +111,7 @@ class TuneMlflowReporter:
         if self.start_epoch is None:  # this attempt's first epoch: record where it started
             self.start_epoch = epoch
             batch.append(Metric(START_EPOCH_METRIC, float(epoch), now, self.attempt))
-        for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        tracking_retry.log_metrics_once(self.client, self.run_id, batch, tags)  # once, also when sent again
         self.logged_steps.update({m.key: m.step for m in batch})
 
     def log_artifact(self, path: Path, subdir: str = "") -> None:
@@ -163,22 +181,34 @@ def run_config_trial(payload: dict[str, Any]) -> None:
     """The Tune trainable. `payload` = {"trial": TrialConfig dict, "study": {...tracking settings}}.
 
     A Python exception inside the task is recorded (run FAILED, `dpl.error` tag) and the trial ends
-    normally, so Ray does not retry a deterministic error; only a dead worker is restarted by Ray.
+    normally, so Ray does not retry a deterministic error; only a dead worker is restarted by Ray. A
+    tracking server that stays unreachable past the study's `tracking_retry_s` ends the trial the same way
+    with one line, but nothing can be recorded then: its run keeps what it holds (RUNNING), and the next
+    launch resumes it from its last checkpoint.
     """
     import torch
     from ray import tune
 
-    from trainables.tasks import task_module
-    from trainables.trial import BASELINE_INFO, NO_NETWORK, run_trial
-
     study = payload["study"]
     config = TrialConfig.from_dict(payload["trial"])
-    synthetic = _planned_synthetic(config, study.get("synthetic") or {})
-    key = trial_key(config, synthetic=True if synthetic else None)
-    mode = study.get("checkpoints", "shared")
-    cpus = study.get("cpus_per_trial") or 1
-    torch.set_num_threads(max(1, int(cpus)))
-    c = tracking.client(study["tracking_uri"])
+    torch.set_num_threads(max(1, int(study.get("cpus_per_trial") or 1)))
+    c = tracking.client(study["tracking_uri"], retry_s=study.get("tracking_retry_s"))
+    try:
+        final, error = _tracked_trial(c, study, config)
+    except tracking_retry.TrackingUnavailable as exc:
+        final, error = {}, str(exc)
+        print(f"dpl: {error}", file=sys.stderr)
+    if error:
+        tune.report({"dpl_failed": 1, "error": error[:500]})
+    else:
+        tune.report({"dpl_done": 1, **{k.replace("/", "."): v for k, v in final.items()}})
+
+
+def trial_tags(config: TrialConfig, study: dict[str, Any]) -> dict[str, str]:
+    """The tags a trial's run is created with (besides its key and kind)."""
+    from trainables.tasks import task_module
+    from trainables.trial import BASELINE_INFO, NO_NETWORK
+
     task = task_module(config.task)
     tags = {
         tracking.STUDY_TAG: study["name"],
@@ -189,15 +219,32 @@ def run_config_trial(payload: dict[str, Any]) -> None:
     }
     if config.network == NO_NETWORK:  # the pixel-loss baseline: analysis reports it beside the ranking
         tags.update({f"dpl.{k}": v for k, v in BASELINE_INFO.items()})
-    run_name = (study.get("run_names") or {}).get(key) or tracking.trial_run_name(config)  # distinct in the plan
-    run_id = tracking.attach_trial_run(c, study["experiment_id"], key, run_name, tags)
+    return tags
+
+
+def trial_params(config: TrialConfig, git_commit: str | None) -> dict[str, Any]:
+    """The params every trial run holds (README, MLflow schema): the config, its task settings, the commit."""
     params = {k: getattr(config, k) if k != "point" else config.point for k in tracking.CONFIG_PARAMS}
     params.update({f"hp.{k}": v for k, v in config.params.items()})
-    params["git_commit"] = study.get("git_commit")
-    tracking.log_params_once(c, run_id, params)
+    params["git_commit"] = git_commit
+    return params
+
+
+def _tracked_trial(c: Any, study: dict[str, Any], config: TrialConfig) -> tuple[dict[str, float], str]:
+    """Attach the trial's run, run the task into it, close it: (final metrics, "") or ({}, one-line error)."""
+    from trainables.tasks import task_module
+    from trainables.trial import run_trial
+
+    synthetic = _planned_synthetic(config, study.get("synthetic") or {})
+    key = trial_key(config, synthetic=True if synthetic else None)
+    mode = study.get("checkpoints", "shared")
+    task = task_module(config.task)
+    run_name = (study.get("run_names") or {}).get(key) or tracking.trial_run_name(config)  # distinct in the plan
+    run_id = tracking.attach_trial_run(c, study["experiment_id"], key, run_name, trial_tags(config, study))
+    tracking.log_params_once(c, run_id, trial_params(config, study.get("git_commit")))
     scratch = Path(tempfile.mkdtemp(prefix=f"dpl-{key}-")) if mode == "mlflow" else None
-    reporter = TuneMlflowReporter(c, run_id, scratch or Path(study["study_dir"]) / "checkpoints" / key, mode=mode)
     try:
+        reporter = TuneMlflowReporter(c, run_id, scratch or Path(study["study_dir"]) / "checkpoints" / key, mode=mode)
         if synthetic:
             config = _local_synthetic(config, synthetic)
         else:
@@ -206,15 +253,17 @@ def run_config_trial(payload: dict[str, Any]) -> None:
         newest = newest_checkpoint(reporter.checkpoint_dir) if mode == "shared" else None
         if newest is not None:  # (mode mlflow: the run already holds it, under the dpl.checkpoint tag)
             c.log_artifacts(run_id, str(newest.resolve()), artifact_path="checkpoint")
-    except Exception as exc:  # noqa: BLE001 - recorded, not retried (see docstring)
+    except tracking_retry.TrackingUnavailable:
+        raise  # nothing can be recorded; the caller ends the trial with the line
+    except Exception as exc:  # noqa: BLE001 - recorded, not retried (see run_config_trial)
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        tracking.finish_run(c, run_id, tracking.FAILED, message)
         traceback.print_exc()
-        tune.report({"dpl_failed": 1, "error": message[:500]})
-        return
+        tracking.finish_run(c, run_id, tracking.FAILED, message)
+        return {}, message
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    tracking.drop_empty_duplicates(c, study["experiment_id"], key, run_id)
     tracking.describe_trial_run(c, run_id, config, final, task.PRIMARY_METRIC, task.METRICS, run_name=run_name)
     tracking.finish_run(c, run_id, tracking.FINISHED)
-    tune.report({"dpl_done": 1, **{k.replace("/", "."): v for k, v in final.items()}})
+    return final, ""

@@ -214,3 +214,65 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def rng_images(n: int, size: int, seed: int = 0) -> "np.ndarray":
     return np.random.default_rng(seed).random((n, 3, size, size), dtype=np.float32)
+
+
+# ------------------------------------------------------------------------ tracking servers (shared)
+
+
+class TrackingServers:
+    """The session's MLflow servers, one per backend (`sqlite`, `postgres`), each started on first use by
+    the project's recipe (tests/_servers.py); `postgres` is the private PostgreSQL the second one uses."""
+
+    def __init__(self, root_factory: pytest.TempPathFactory) -> None:
+        self._root = root_factory
+        self._servers: dict[str, Any] = {}
+        self._postgres: Any = None
+
+    @property
+    def postgres(self) -> Any:
+        if self._postgres is None:
+            from _servers import Postgres, postgres_bindir
+
+            missing = "PostgreSQL server binaries (apt-get install postgresql)" if postgres_bindir() is None else None
+            try:
+                import psycopg  # noqa: F401 - the driver MLflow's SQLAlchemy uses for postgresql://
+            except ImportError:
+                missing = "the psycopg driver (pip install -e '.[test]')"
+            if missing:
+                if os.environ.get("CI"):
+                    pytest.fail(f"CI must have {missing}: .ci/run installs them")
+                pytest.skip(f"needs {missing}")
+            self._postgres = Postgres()
+            self._postgres.start()
+        return self._postgres
+
+    def get(self, backend: str) -> Any:
+        """The running server on `backend`; tests that kill or freeze it leave it running again."""
+        from _servers import MlflowServer
+
+        if backend not in self._servers:
+            store = self._root.mktemp(f"mlflow-{backend}")
+            if backend == "postgres":
+                pg = self.postgres
+                server = MlflowServer(store, pg.create_database("mlflow"), pg.env())
+            else:
+                server = MlflowServer(store)
+            self._servers[backend] = server
+            server.start()
+        return self._servers[backend]
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+        if self._postgres is not None:
+            self._postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def tracking_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServers]:
+    """MLflow servers on SQLite and on PostgreSQL, shared by the session (each takes 20-60 s to start)."""
+    servers = TrackingServers(tmp_path_factory)
+    try:
+        yield servers
+    finally:
+        servers.close()

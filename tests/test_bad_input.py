@@ -227,6 +227,14 @@ def test_unreachable_tracking_server_refused_before_any_trial(capsys, finished_s
     assert _fingerprint(finished_study / "study") == before
 
 
+def test_unreachable_tracking_server_at_launch_writes_nothing(capsys, finished_study, tmp_path) -> None:
+    """A new study (a --storage that does not exist yet): refused before its directory is made."""
+    new = tmp_path / "new-study"
+    expect_error(capsys, ["run", str(finished_study / "spec.yaml"), "--storage", str(new),
+                          "--tracking-uri", "http://127.0.0.1:9"], "not reachable")
+    assert not new.exists()
+
+
 def test_password_in_tracking_uri_refused_and_not_echoed(capsys, finished_study) -> None:
     before = _fingerprint(finished_study / "study")
     line = expect_error(capsys, ["run", str(finished_study / "spec.yaml"), "--storage", str(finished_study / "study"),

@@ -29,7 +29,7 @@ NAMESPACE = "dpl-study"
 #: kind -> the apiVersion it must use (KubeRay's stable API is ray.io/v1)
 API_VERSIONS = {
     "Namespace": "v1", "PersistentVolumeClaim": "v1", "Service": "v1", "Deployment": "apps/v1",
-    "RayCluster": "ray.io/v1", "RayJob": "ray.io/v1",
+    "RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "StatefulSet": "apps/v1",
 }
 #: trials of each preset (14 networks x 4 points per benchmark, 5 benchmarks, 4 pixel baselines)
 TRIALS = {"paper": 284, "corrected": 284}
@@ -209,8 +209,46 @@ def test_rayjob_tracks_to_the_mlflow_service_and_selects_the_cluster() -> None:
     service = next(s for s in of_kind("Service") if s["metadata"]["name"] == "mlflow")
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP", "MLflow binds 0.0.0.0: keep it in the cluster"
     assert uri == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
-    server = " ".join(strings(one("Deployment")))
-    assert "mlflow server" in server and "--backend-store-uri" in server and "--artifacts-destination" in server
+    recipe = image_path(mlflow_container()["command"][1])
+    assert recipe == ROOT / "cluster" / "mlflow-server.sh" and "exec mlflow server" in recipe.read_text()
+
+
+def image_path(path: str) -> Path:
+    """The repository file that a path inside the image is (the Dockerfile copies the repository to one place)."""
+    dest = re.search(r"^COPY\b.*\s\.\s+(\S+)$", (K8S / "Dockerfile").read_text(), re.M).group(1)
+    return ROOT / PurePosixPath(path).relative_to(dest)
+
+
+def mlflow_container() -> dict[str, Any]:
+    (container,) = one("Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_mlflow_stores_runs_in_postgresql_with_the_password_only_from_a_secret() -> None:
+    """The Deployment's backend-store URI names the PostgreSQL Service, user and database of 15-postgres.yaml,
+    carries no password, and the server's PGPASSWORD is the same Secret key PostgreSQL's password comes from;
+    the image has the driver."""
+    import urllib.parse
+
+    env = env_of(mlflow_container())
+    uri = urllib.parse.urlparse(env["MLFLOW_BACKEND_STORE_URI"])
+    (db,) = of_kind("StatefulSet")
+    db_env = env_of(db["spec"]["template"]["spec"]["containers"][0])
+    service = next(s for s in of_kind("Service") if s["spec"]["selector"] == db["spec"]["selector"]["matchLabels"])
+    assert uri.scheme == "postgresql" and uri.password is None
+    assert (uri.hostname, uri.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
+    assert (uri.username, uri.path.lstrip("/")) == (db_env["POSTGRES_USER"], db_env["POSTGRES_DB"])
+    secret = env["PGPASSWORD"]["secretKeyRef"]
+    assert {k: secret[k] for k in ("name", "key")} == db_env["POSTGRES_PASSWORD"]["secretKeyRef"]
+    # optional for the server (its recipe then refuses in one line), required by PostgreSQL (it never starts)
+    assert secret.get("optional") is True and "optional" not in db_env["POSTGRES_PASSWORD"]["secretKeyRef"]
+    assert '"/home/ray/dpl-study[postgres]"' in (K8S / "Dockerfile").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^postgres = \[\s*"psycopg\[binary\]', pyproject, re.M), "the postgres extra lost its driver"
 
 
 def test_every_dpl_command_parses_and_the_rayjob_study_plans_to_the_preset_trial_count(tmp_path: Path) -> None:

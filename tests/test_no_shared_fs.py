@@ -1,6 +1,6 @@
 """A Ray cluster needs no shared filesystem when the trials keep their checkpoints in MLflow.
 
-On this one machine: an MLflow server on loopback (SQLite backend, artifacts proxied by the server), a
+On this one machine: the session's MLflow server on loopback (SQLite backend, artifacts proxied by the server), a
 Ray head with no CPUs (so no trial runs there) and a worker node in its own mount namespace, where an
 empty tmpfs covers the head's study directory, data root and cache: the worker cannot read a byte the
 head wrote there. A small study (synthetic data, which the worker regenerates and checks against the
@@ -16,17 +16,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
+
+from _servers import BIN, REPO, free_port, process_groups, start, wait_for
 
 from study import artifact_checkpoints as ac
 from study import tracking
@@ -34,8 +33,6 @@ from study.trainable import ATTEMPTS_TAG
 from trainables.reporting import START_EPOCH_METRIC, load_checkpoint
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 #: Ray declares a node dead after failure_threshold missed health checks (defaults: 5 x 3 s); faster here.
 FAST_HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "1000",
                "RAY_health_check_failure_threshold": "4", "RAY_health_check_initial_delay_ms": "1000"}
@@ -69,58 +66,10 @@ def run(config, reporter):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def process_groups(scratch: Path) -> Iterator[list[subprocess.Popen]]:
-    """Processes started into their own sessions; every group still alive is SIGKILLed at the end, then
-    `scratch` (Ray's temp dir) is removed."""
-    procs: list[subprocess.Popen] = []
-    try:
-        yield procs
-    finally:
-        own_ns = os.readlink("/proc/self/ns/mnt")
-        for p in reversed(procs):
-            with contextlib.suppress(OSError):
-                if p.poll() is None and os.readlink(f"/proc/{p.pid}/ns/mnt") != own_ns:
-                    kill_node(p.pid)  # a worker node: its Ray workers are in groups of their own
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def start(procs: list[subprocess.Popen], cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
-    procs.append(p)
-    return p
-
-
-def wait_for(what: str, check, timeout: float, logs: list[Path], proc: subprocess.Popen | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = check()
-        if got:
-            return got
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
-    pytest.fail(f"timed out waiting for {what}\n{tails}")
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+def kill_other_namespace(p: subprocess.Popen) -> None:
+    """A worker node started into its own mount namespace: its Ray workers are in groups of their own."""
+    if os.readlink(f"/proc/{p.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+        kill_node(p.pid)
 
 
 def in_namespace(pid: int, *cmd: str) -> str:
@@ -152,18 +101,17 @@ def files_seen(pid: int, *dirs: Path) -> list[str]:
     return in_namespace(pid, "find", *map(str, dirs), "-mindepth", "1").split()
 
 
-def test_two_nodes_without_shared_fs_resume_a_killed_trial_from_mlflow(tmp_path, monkeypatch) -> None:
+def test_two_nodes_without_shared_fs_resume_a_killed_trial_from_mlflow(tmp_path, monkeypatch, tracking_servers) -> None:
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
         if os.environ.get("CI"):
             pytest.fail("this test needs root with unshare/nsenter (CI runs as root)")
         pytest.skip("needs root with unshare and nsenter for the worker's own mount namespace")
     study, data_root, cache = tmp_path / "study", tmp_path / "data", tmp_path / "cache"
     plugins, logs = tmp_path / "plugins", tmp_path / "logs"
-    for d in (study, data_root, cache, plugins, logs, tmp_path / "mlflow"):
+    for d in (study, data_root, cache, plugins, logs):
         d.mkdir()
     (plugins / "toysynth.py").write_text(PLUGIN)
     ray_tmp = Path(tempfile.mkdtemp(prefix="dplr", dir="/tmp"))  # short: Ray's socket paths are length-limited
-    uri = f"http://127.0.0.1:{free_port()}"
     ray_address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, **FAST_HEALTH, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -185,79 +133,78 @@ def test_two_nodes_without_shared_fs_resume_a_killed_trial_from_mlflow(tmp_path,
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # this test's client: fail fast, never hang
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    with process_groups(ray_tmp) as procs:
-        server = start(procs, [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1],
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
-                               "--artifacts-destination", str(tmp_path / "mlflow" / "artifacts"), "--workers", "1"],
-                       env, logs / "mlflow.log")
-        start(procs, [str(BIN / "ray"), "start", "--head", f"--port={ray_address.split(':')[1]}", "--num-cpus=0",
-                      "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}",
-                      "--disable-usage-stats", "--block"], env, logs / "head.log")
-        time.sleep(3)  # let the head's GCS come up before a worker tries to join
-        worker1 = start(procs, worker_cmd("worker1"), env, logs / "worker1.log")
-        wait_for("the MLflow server", lambda: healthy(uri), 90, [logs / "mlflow.log"], server)
-        driver = start(procs, [sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(study),
-                               "--tracking-uri", uri, "--address", ray_address], env, logs / "driver.log")
-        all_logs = sorted(logs.glob("*"))
-        c = tracking.client(uri)
+    try:
+        with process_groups(before_kill=kill_other_namespace) as procs:
+            uri = tracking_servers.get("sqlite").url  # the session's server (SQLite, artifacts proxied)
+            start(procs, [str(BIN / "ray"), "start", "--head", f"--port={ray_address.split(':')[1]}", "--num-cpus=0",
+                          "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}",
+                          "--disable-usage-stats", "--block"], env, logs / "head.log")
+            time.sleep(3)  # let the head's GCS come up before a worker tries to join
+            worker1 = start(procs, worker_cmd("worker1"), env, logs / "worker1.log")
+            driver = start(procs, [sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(study),
+                                   "--tracking-uri", uri, "--address", ray_address], env, logs / "driver.log")
+            all_logs = sorted(logs.glob("*"))
+            c = tracking.client(uri)
 
-        def victim():
-            """A trial RUNNING on worker 1 with two epochs checkpointed in its run."""
-            exp = c.get_experiment_by_name("nofs")
-            if exp is None:
+            def victim():
+                """A trial RUNNING on worker 1 with two epochs checkpointed in its run."""
+                exp = c.get_experiment_by_name("nofs")
+                if exp is None:
+                    return None
+                for r in tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'trial'"):
+                    if r.info.status == "RUNNING" and r.data.tags.get(ac.POINTER_TAG, "") >= "checkpoint/v000002":
+                        return r
                 return None
-            for r in tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'trial'"):
-                if r.info.status == "RUNNING" and r.data.tags.get(ac.POINTER_TAG, "") >= "checkpoint/v000002":
-                    return r
-            return None
 
-        run = wait_for("a trial with 2 checkpointed epochs", victim, 180, all_logs, driver)
-        # what worker 1 sees: none of the head's files (plan, spec, store, generated data), and it wrote
-        # nothing into its own study dir or data root (its regenerated data is in its cache)
-        assert (study / "plan.json").is_file() and (study / "data" / "coco").is_dir()
-        assert files_seen(worker1.pid, study, data_root) == []
-        assert any("/synthetic/coco-" in f for f in files_seen(worker1.pid, cache))
-        assert not (cache / "node-name").exists()  # and the head does not see the worker's files either
+            run = wait_for("a trial with 2 checkpointed epochs", victim, 180, all_logs, driver)
+            # what worker 1 sees: none of the head's files (plan, spec, store, generated data), and it wrote
+            # nothing into its own study dir or data root (its regenerated data is in its cache)
+            assert (study / "plan.json").is_file() and (study / "data" / "coco").is_dir()
+            assert files_seen(worker1.pid, study, data_root) == []
+            assert any("/synthetic/coco-" in f for f in files_seen(worker1.pid, cache))
+            assert not (cache / "node-name").exists()  # and the head does not see the worker's files either
 
-        assert kill_node(worker1.pid) >= 3  # the whole node, mid-trial: ray start, raylet, the trial's worker
-        worker1.wait(timeout=30)
-        killed_at = load_checkpoint(ac.download(c, run.info.run_id, tmp_path / "at-kill"))["epoch"]
-        worker2 = start(procs, worker_cmd("worker2"), env, logs / "worker2.log")
-        wait_for("the study to finish", lambda: driver.poll() is not None, 200, all_logs)
-        driver_log = (logs / "driver.log").read_text(errors="replace")
-        assert driver.returncode == 0, driver_log[-4000:]
-        assert files_seen(worker2.pid, study, data_root) == [], "the new worker wrote into the study dir"
+            assert kill_node(worker1.pid) >= 3  # the whole node, mid-trial: ray start, raylet, the trial's worker
+            worker1.wait(timeout=30)
+            killed_at = load_checkpoint(ac.download(c, run.info.run_id, tmp_path / "at-kill"))["epoch"]
+            worker2 = start(procs, worker_cmd("worker2"), env, logs / "worker2.log")
+            wait_for("the study to finish", lambda: driver.poll() is not None, 200, all_logs)
+            driver_log = (logs / "driver.log").read_text(errors="replace")
+            assert driver.returncode == 0, driver_log[-4000:]
+            assert files_seen(worker2.pid, study, data_root) == [], "the new worker wrote into the study dir"
 
-        # (checked while the MLflow server still runs)
-        # every trial FINISHED exactly once, in one run each
-        exp = c.get_experiment_by_name("nofs")
-        runs = tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'trial'")
-        assert len(runs) == len({r.data.tags[tracking.KEY_TAG] for r in runs}) == 2, runs
-        assert {r.info.status for r in runs} == {"FINISHED"}
-        # the interrupted trial: attempt 1 on worker 1, attempt 2 on the new node, from the checkpointed epoch
-        victim_run = c.get_run(run.info.run_id)
-        tags = victim_run.data.tags
-        history = [(m.step, int(m.value)) for m in c.get_metric_history(run.info.run_id, START_EPOCH_METRIC)]
-        assert 2 <= killed_at < 5 and int(tags[ATTEMPTS_TAG]) == 2
-        assert history == [(1, 1), (2, killed_at + 1)], (history, killed_at)
-        assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5]
-        assert (tags["test.node.1"], tags["test.node.2"]) == ("worker1", "worker2")
-        # both nodes read their own regenerated copy of the data, with the hash the plan recorded
-        plan = json.loads((study / "plan.json").read_text())
-        planned_sha = {row["synthetic_data"]["sha256"] for row in plan}
-        assert len(planned_sha) == 1
-        for r in runs:
-            attempts = int(c.get_run(r.info.run_id).data.tags[ATTEMPTS_TAG])
-            for n in range(1, attempts + 1):
-                t = c.get_run(r.info.run_id).data.tags
-                assert t[f"test.data_sha256.{n}"] in planned_sha
-                assert t[f"test.data_root.{n}"].startswith(str(cache / "synthetic" / "coco-"))
-                assert t[f"test.node.{n}"] in ("worker1", "worker2")
-            # the final checkpoint is the only version left in the run, and it is the last epoch's
-            versions = [a.path for a in c.list_artifacts(r.info.run_id, ac.ARTIFACT_ROOT)]
-            assert versions == [c.get_run(r.info.run_id).data.tags[ac.POINTER_TAG]]
-            assert load_checkpoint(ac.download(c, r.info.run_id, tmp_path / r.info.run_id))["epoch"] == 5
-        # the head's study dir holds no checkpoints, and the study run records the mode
-        assert not (study / "checkpoints").exists() and not list(study.glob("**/state.pt"))
-        parent = tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'study'")[0]
-        assert parent.data.params["checkpoints"] == "mlflow"
+            # (checked while the MLflow server still runs)
+            # every trial FINISHED exactly once, in one run each
+            exp = c.get_experiment_by_name("nofs")
+            runs = tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'trial'")
+            assert len(runs) == len({r.data.tags[tracking.KEY_TAG] for r in runs}) == 2, runs
+            assert {r.info.status for r in runs} == {"FINISHED"}
+            # the interrupted trial: attempt 1 on worker 1, attempt 2 on the new node, from the checkpointed epoch
+            victim_run = c.get_run(run.info.run_id)
+            tags = victim_run.data.tags
+            history = [(m.step, int(m.value)) for m in c.get_metric_history(run.info.run_id, START_EPOCH_METRIC)]
+            assert 2 <= killed_at < 5 and int(tags[ATTEMPTS_TAG]) == 2
+            assert history == [(1, 1), (2, killed_at + 1)], (history, killed_at)
+            assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5]
+            assert (tags["test.node.1"], tags["test.node.2"]) == ("worker1", "worker2")
+            # both nodes read their own regenerated copy of the data, with the hash the plan recorded
+            plan = json.loads((study / "plan.json").read_text())
+            planned_sha = {row["synthetic_data"]["sha256"] for row in plan}
+            assert len(planned_sha) == 1
+            for r in runs:
+                attempts = int(c.get_run(r.info.run_id).data.tags[ATTEMPTS_TAG])
+                for n in range(1, attempts + 1):
+                    t = c.get_run(r.info.run_id).data.tags
+                    assert t[f"test.data_sha256.{n}"] in planned_sha
+                    assert t[f"test.data_root.{n}"].startswith(str(cache / "synthetic" / "coco-"))
+                    assert t[f"test.node.{n}"] in ("worker1", "worker2")
+                # the final checkpoint is the only version left in the run, and it is the last epoch's
+                versions = [a.path for a in c.list_artifacts(r.info.run_id, ac.ARTIFACT_ROOT)]
+                assert versions == [c.get_run(r.info.run_id).data.tags[ac.POINTER_TAG]]
+                assert load_checkpoint(ac.download(c, r.info.run_id, tmp_path / r.info.run_id))["epoch"] == 5
+            # the head's study dir holds no checkpoints, and the study run records the mode
+            assert not (study / "checkpoints").exists() and not list(study.glob("**/state.pt"))
+            parent = tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'study'")[0]
+            assert parent.data.params["checkpoints"] == "mlflow"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)  # Ray's temp dir: no `ray stop` needed
