@@ -80,7 +80,7 @@ def _spec_choices(spec: StudySpec, task: str, dim: str) -> list[Any]:
     raw, settings = spec.raw, spec.raw["tasks"][task]
     if dim == "network":
         networks = settings.get("networks", raw["networks"])
-        return list(ln.REGISTRY) if networks == "all" else list(networks)
+        return ln.expand_networks(networks)
     if dim == "point":
         key = f"tasks.{task}.points" if "points" in settings else "points"
         return _spec_points(settings.get("points", raw["points"]), key)
@@ -167,6 +167,7 @@ def _config_for(spec: StudySpec, space: SearchSpace, values: dict[str, Any], see
         task=space.task, network=network, points=() if network == NO_NETWORK else (values["point"],),
         dataset=space.dataset, variant=values["variant"], seed=seed, weights=raw["weights"],
         normalisation=raw["normalisation"], mode=raw["mode"], transform_input=raw["transform_input"],
+        resize=raw["resize"],
         budget=settings.get("budget", "smoke"), params=params,
         data_root=data_root(spec, space.task, space.dataset, settings.get("data", "synthetic")),
     )
