@@ -27,6 +27,7 @@ from typing import Any
 from study.spec import CONDITIONS, TASK_KEYS, StudySpec, has_pixel_baseline
 from trainables import loss_networks as ln
 from trainables.config import ConfigError, TrialConfig, trial_key
+from trainables.errors import UserError
 from trainables.tasks import task_module
 from trainables.trial import NO_NETWORK, SYNTHETIC_MARKER, prepare
 
@@ -200,7 +201,7 @@ def expand(spec: StudySpec) -> list[PlannedTrial]:
                                     )
                                     try:
                                         config = prepare(config)
-                                    except ConfigError as exc:
+                                    except UserError as exc:  # a setting, or a network/point/input size
                                         raise ConfigError(f"study spec: tasks.{task}: {exc}") from exc
                                     key = trial_key(config, synthetic=is_synth)
                                     trials.setdefault(key, PlannedTrial(key, config))
@@ -419,7 +420,7 @@ def format_report(report: dict[str, Any]) -> str:
         by_task.setdefault(row["task"], []).append(row)
     varying: dict[str, list[str]] = {}
     for task, rows in by_task.items():
-        flat = [{**{k: r[k] for k in ("weights", "normalisation", "mode", "transform_input", "resize", "budget")}, **r["params"]}
+        flat = [{**{k: r[k] for k in ("weights", "normalisation", "mode", "transform_input", "budget", "resize")}, **r["params"]}
                 for r in rows]
         common = {k: v for k, v in flat[0].items() if all(f.get(k) == v for f in flat)}
         varying[task] = sorted({k for f in flat for k in f if k not in common})

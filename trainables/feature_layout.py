@@ -96,21 +96,28 @@ class GraphLayouts:
     nodes: tuple[str, ...]
     layouts: dict[str, FeatureLayout] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    #: the trace at the first size, reused to run the graph at other sizes
+    traced: Trace | None = field(default=None, repr=False, compare=False)
 
 
 # ------------------------------------------------------------------------------------------- tracing
 
 
 @dataclass
-class _Trace:
-    """One traced graph and each node's output on a meta input of `batch` x 3 x size x size."""
+class Trace:
+    """One traced graph (torchvision's feature-extraction tracer: its node names) and each node's output,
+    and optionally the FLOPs of each node, on a meta input of `batch` x 3 x size x size."""
 
     size: int
     batch: int
-    graph: fx.Graph
-    root: nn.Module
+    module: fx.GraphModule
     qualname: dict[fx.Node, str]
     values: dict[str, Any]
+    flops: dict[str, int]
+
+    @property
+    def root(self) -> nn.Module:
+        return self.module
 
     def node(self, name: str) -> fx.Node:
         return self._by_name[name]
@@ -120,27 +127,43 @@ class _Trace:
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, module: fx.GraphModule) -> None:
+    def __init__(self, module: fx.GraphModule, count_flops: bool) -> None:
         super().__init__(module, garbage_collect_values=False)
         self.outputs: dict[fx.Node, Any] = {}
+        self.flops: dict[fx.Node, int] = {}
+        self.count_flops = count_flops
 
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
+        if not self.count_flops:
+            out = super().run_node(n)
+        else:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                out = super().run_node(n)
+            self.flops[n] = int(counter.get_total_flops())
         self.outputs[n] = out
         return out
 
 
-def trace(model: nn.Module, size: int, batch: int) -> _Trace:
+def trace(model: nn.Module, size: int, batch: int, count_flops: bool = False) -> Trace:
     """The graph `create_feature_extractor` would build (same tracer, same node names), run on meta."""
     tracer = feature_extraction.NodePathTracer(**feature_extraction._set_default_tracer_kwargs(None))
     model.eval()
     graph = tracer.trace(model)
-    module = fx.GraphModule(tracer.root, graph)
-    recorder = _Recorder(module)
+    return rerun(Trace(size, batch, fx.GraphModule(tracer.root, graph), dict(tracer.node_to_qualname), {}, {}),
+                 size, batch, count_flops)
+
+
+def rerun(traced: Trace, size: int, batch: int, count_flops: bool = False) -> Trace:
+    """The same graph run on another meta input (a network that takes any size needs no second trace)."""
+    recorder = _Recorder(traced.module, count_flops)
     with torch.no_grad():
         recorder.run(torch.zeros(batch, 3, size, size, device="meta"))
-    values = {tracer.node_to_qualname[n]: v for n, v in recorder.outputs.items() if n in tracer.node_to_qualname}
-    return _Trace(size, batch, graph, tracer.root, dict(tracer.node_to_qualname), values)
+    named = traced.qualname
+    return Trace(size, batch, traced.module, named,
+                 {named[n]: v for n, v in recorder.outputs.items() if n in named},
+                 {named[n]: f for n, f in recorder.flops.items() if n in named})
 
 
 def analyse(model_a: nn.Module, model_b: nn.Module, size: int) -> GraphLayouts:
@@ -152,7 +175,7 @@ def analyse(model_a: nn.Module, model_b: nn.Module, size: int) -> GraphLayouts:
     missing = [n for n in nodes if n not in b.values]
     if missing:
         raise RuntimeError(f"the graphs at {size} and {2 * size} px differ (e.g. {missing[0]})")
-    out = GraphLayouts(nodes)
+    out = GraphLayouts(nodes, traced=a)
     for name in nodes:
         try:
             out.layouts[name] = _classify(name, a, b, out.layouts)
@@ -168,19 +191,24 @@ class _NotAPoint(Exception):
 def _describe_value(v: Any) -> str:
     if isinstance(v, torch.Tensor):
         return "x".join(map(str, v.shape))
+    if isinstance(v, (int, float, torch.Size)):
+        return "a size or flag"
     if isinstance(v, (tuple, list)):
         return f"a {type(v).__name__} of {len(v)}"
-    return f"{type(v).__name__} {v!r}"[:40]
+    if v is None:
+        return "nothing (a check)"
+    return f"a {type(v).__name__}"
 
 
-def _classify(name: str, a: _Trace, b: _Trace, known: dict[str, FeatureLayout]) -> FeatureLayout:
+def _classify(name: str, a: Trace, b: Trace, known: dict[str, FeatureLayout]) -> FeatureLayout:
     node = a.node(name)
     if node.op == "placeholder":
         raise _NotAPoint("the input image itself, not a feature map")
+    if node.op == "get_attr":
+        raise _NotAPoint("a weight of the network (a parameter or buffer), not a feature map")
     va, vb = a.values[name], b.values[name]
     if not isinstance(va, torch.Tensor) or not isinstance(vb, torch.Tensor):
-        what = "a size" if isinstance(va, (int, torch.Size)) else _describe_value(va)
-        raise _NotAPoint(f"gives {what}, not a feature map")
+        raise _NotAPoint(f"gives {_describe_value(va)}, not a feature map")
     sa, sb = tuple(va.shape), tuple(vb.shape)
     if len(sa) < 2 or sa[0] != a.batch or sb[0] != b.batch:
         raise _NotAPoint(f"its output ({_describe_value(va)} for a batch of {a.batch}) has no batch dimension first")
@@ -199,7 +227,7 @@ def _classify(name: str, a: _Trace, b: _Trace, known: dict[str, FeatureLayout]) 
     raise _NotAPoint(f"gives {shape} whose image-dependent dims are {list(follows) or 'none'}, not a feature map")
 
 
-def _from_producer(name: str, a: _Trace, known: dict[str, FeatureLayout], shape: str) -> FeatureLayout:
+def _from_producer(name: str, a: Trace, known: dict[str, FeatureLayout], shape: str) -> FeatureLayout:
     """A constant-size 4-d output: the layout of the nearest image-following node up the chain of
     single-input ops, through any permutes on the way."""
     node, perm = a.node(name), (0, 1, 2, 3)  # output dim i = dim perm[i] of the current node's output
@@ -242,7 +270,7 @@ def _permutation(node: fx.Node, root: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
-def _tokens(name: str, a: _Trace, b: _Trace, sa: tuple[int, ...], sb: tuple[int, ...], dim: int,
+def _tokens(name: str, a: Trace, b: Trace, sa: tuple[int, ...], sb: tuple[int, ...], dim: int,
             shape: str) -> FeatureLayout:
     """(B, T, C) or (B, C, T) tokens: grid size and extra tokens from the two traces, their place from
     the `cat` that joined them to the patch tokens."""
@@ -263,7 +291,7 @@ def _tokens(name: str, a: _Trace, b: _Trace, sa: tuple[int, ...], sb: tuple[int,
     return FeatureLayout("tokens", lead=lead, trail=trail, stride=stride)
 
 
-def _extra_tokens(node: fx.Node, a: _Trace, b: _Trace, tokens: int, grid: int) -> tuple[int, int]:
+def _extra_tokens(node: fx.Node, a: Trace, b: Trace, tokens: int, grid: int) -> tuple[int, int]:
     """(before, after): the extra tokens on each side of the patch grid, read from the nearest `cat`
     along the token dim, among the node's ancestors, that made a sequence of this length."""
     seen, queue = set(), [node]

@@ -18,6 +18,7 @@ import os
 import threading
 import urllib.error
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,10 @@ def build_classifier(name: str, weights: str = "imagenet", seed: int = 0) -> nn.
             torch.manual_seed(seed)
             return _construct(name, pretrained_layout=False, size=size)
     state = _load_file_state_dict(weights) if enum_name is None else _download_state_dict(name, enum_name)
-    state = {k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2."))}
+    kept = OrderedDict((k, v) for k, v in state.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2.")))
+    if hasattr(state, "_metadata"):  # the module versions `state_dict()` records: MNASNet refuses a dict without
+        kept._metadata = state._metadata  # type: ignore[attr-defined]
+    state = kept
     # Loaded weights replace every parameter, so skip the random init (seconds for VGG's classifier).
     with _parameters_on_meta():
         model = _construct(name, pretrained_layout=True, size=size)
@@ -560,12 +564,38 @@ def build_from_config(config: Any, fold_batchnorm: bool | None = None) -> LossNe
 # ---------------------------------------------------------------------------------------- metadata
 
 
-def _count_flops(module: nn.Module, x: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+@functools.lru_cache(maxsize=8)
+def _sized_run(name: str, size: int) -> feature_layout.Trace:
+    """The whole graph run once on a meta image of `size` px, with each node's output and FLOPs (torch's
+    FlopCounterMode: 2 per multiply-add, convolutions and matmuls); a fixed-size network is built for it."""
+    layouts = graph_layouts(name)
+    if family_of(name) not in FIXED_SIZE_KEYWORD or size == layouts.traced.size:
+        return feature_layout.rerun(layouts.traced, size, 1, count_flops=True)
+    try:  # shapes, params and FLOPs need no weights
+        model = _meta_model(name, size)
+    except (AssertionError, ValueError) as exc:
+        raise LossNetworkError(f"{name} cannot be built for {size} px input ({exc}); use 224") from exc
+    return feature_layout.trace(model, size, 1, count_flops=True)
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module(x)
-    return int(counter.get_total_flops())
+
+def _cost_to(run: feature_layout.Trace, node_name: str) -> tuple[int, int]:
+    """(parameters, FLOPs) of the graph pruned after `node_name`: the node and its ancestors, which is what
+    dead-code elimination keeps once the shape asserts are gone (`extractor`)."""
+    seen, stack, flops, params = set(), [run.node(node_name)], 0, {}
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        flops += run.flops.get(run.qualname.get(node, ""), 0)
+        if node.op == "call_module":
+            params.update({id(p): p.numel() for p in run.module.get_submodule(node.target).parameters()})
+        elif node.op == "get_attr":
+            attr = functools.reduce(getattr, node.target.split("."), run.module)
+            if isinstance(attr, nn.Parameter):
+                params[id(attr)] = attr.numel()
+        stack.extend(node.all_input_nodes)
+    return sum(params.values()), flops
 
 
 @functools.cache
@@ -578,20 +608,11 @@ def point_metadata(name: str, point: str, input_size: int = 224) -> dict[str, An
     """
     check_network(name)
     check_points(name, (point,))
-    fixed = family_of(name) in FIXED_SIZE_KEYWORD
-    try:
-        model = _meta_model(name, input_size if fixed else None)  # shapes, params and FLOPs need no weights
-    except (AssertionError, ValueError) as exc:
-        raise LossNetworkError(f"{name} cannot be built for {input_size} px input ({exc}); use 224") from exc
-    if name in TRANSFORM_INPUT_NETWORKS:
-        model.transform_input = False
-    body = extractor(model, (point,))
-    x = torch.zeros(1, 3, input_size, input_size, device="meta")
     layout = point_layout(name, point)
     try:
-        with torch.no_grad():
-            shape = tuple(layout.to_nchw(body(x)[point], input_size, input_size).shape[1:])
-        flops = _count_flops(body, x)
+        run = _sized_run(name, input_size)
+        params, flops = _cost_to(run, resolve_node(name, point))  # type: ignore[arg-type]
+        shape = tuple(layout.to_nchw(run.values[resolve_node(name, point)], input_size, input_size).shape[1:])
     except (RuntimeError, ValueError) as exc:
         raise LossNetworkError(
             f"{name}:{point} cannot run at {input_size}x{input_size} px ({str(exc).splitlines()[0]}); "
@@ -603,9 +624,9 @@ def point_metadata(name: str, point: str, input_size: int = 224) -> dict[str, An
         "point": point,
         "position": row.points.index(point) + 1 if row and point in row.points else None,
         "family": family_of(name),
-        "batch_norm": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+        "batch_norm": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in run.module.modules()),
         "relative_depth": round(relative_depth(name, point), 4),
-        "params_to_point": sum(p.numel() for p in body.parameters()),
+        "params_to_point": params,
         "gflops_to_point": round(flops / 1e9, 4),
         "input_size": input_size,
         "feature_shape": list(shape),

@@ -169,7 +169,7 @@ def family_of(name: str) -> str:
 
 def default_points(name: str) -> tuple[str, ...]:
     """The 4 points of a network in the paper's or the extended table; other networks have none."""
-    row = entry(name)
+    row = entry(check_network(name))
     if row is not None:
         return row.points
     raise LossNetworkError(
