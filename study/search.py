@@ -132,14 +132,16 @@ def search_space(spec: StudySpec) -> SearchSpace:
                             list(raw["seeds"]), metric, direction)
     for combo in itertools.product(*(choices[d] for d in DIMENSIONS)):
         values = dict(zip(DIMENSIONS, combo))
-        if values["network"] != NO_NETWORK and len(ln.resolve_points(values["network"], values["point"])) != 1:
-            raise _fail("search.space.point", f"{values['point']!r} is several points", "give single points (p1..p4 or node names)")
         values.update({name: dist["choices"][0] if "choices" in dist else dist["low"]
                        for name, dist in space_obj.params.items()})  # names and types of the settings
         try:
-            _config_for(spec, space_obj, values, space_obj.seeds[0])
+            several = values["network"] != NO_NETWORK and len(ln.resolve_points(values["network"], values["point"])) != 1
+            if not several:
+                _config_for(spec, space_obj, values, space_obj.seeds[0])
         except UserError as exc:  # a ConfigError, or the loss-network registry's unknown network / node
             raise ConfigError(f"study spec: search: {exc}") from exc
+        if several:
+            raise _fail("search.space.point", f"{values['point']!r} is several points", "give single points (p1..p4 or node names)")
     return space_obj
 
 

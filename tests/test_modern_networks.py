@@ -166,8 +166,8 @@ def test_networks_lists_the_extended_set_with_layouts_costs_and_every_weight_set
         assert [r["point"] for r in mine] == list(e.points) and [r["position"] for r in mine] == [1, 2, 3, 4]
         depths = [r["relative_depth"] for r in mine]
         assert depths == sorted(depths) and depths[-1] > 0.85, name  # spread, ending at the last stage
-        flops = [r["gflops_to_point"] for r in mine]
-        assert 0 < flops[0] <= flops[-1] and all(r["params_to_point"] > 0 for r in mine)
+        flops, params = [r["gflops_to_point"] for r in mine], [r["params_to_point"] for r in mine]
+        assert 0 < flops[0] < flops[-1] and 0 < params[0] < params[-1], name  # pruned after each point
         assert all(r["family"] == e.family for r in mine)
         assert all(r["input_size"] == (224 if name.startswith(("vit", "maxvit")) else 64) for r in mine)
         assert all(len(r["feature_shape"]) == 3 for r in mine)
@@ -180,6 +180,17 @@ def test_networks_lists_the_extended_set_with_layouts_costs_and_every_weight_set
     swin = {r["point"]: r["feature_shape"] for r in rows if r["network"] == "swin_v2_b"}
     assert swin["features.7"] == [1024, 2, 2]  # channels first, whatever the network's own layout
     assert ln.imagenet_top1("resnet50") == pytest.approx({"IMAGENET1K_V1": 76.13, "IMAGENET1K_V2": 80.858})
+
+
+def test_vit_is_pruned_after_its_point() -> None:
+    """torchvision's extractor keeps ViT's per-block shape asserts and with them every block; ours drops
+    them, so p1 (block 3 of 12) holds the patch embedding and 3 blocks, as its metadata says."""
+    meta = ln.point_metadata("vit_b_32", "p1", 224)
+    net = ln.build_loss_network("vit_b_32", ["p1"], weights="random")
+    vit = torchvision.models.vit_b_32()
+    by_hand = sum(t.numel() for m in (vit.conv_proj, *list(vit.encoder.layers)[:3]) for t in m.parameters())
+    by_hand += vit.class_token.numel() + vit.encoder.pos_embedding.numel()
+    assert sum(t.numel() for t in net.parameters()) == meta["params_to_point"] == by_hand
 
 
 def test_feature_layout_is_recorded_with_every_trial(tmp_path: Path) -> None:
