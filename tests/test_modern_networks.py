@@ -16,6 +16,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from study.cli import main
 from trainables import loss_networks as ln
 from trainables.config import ConfigError, TrialConfig, trial_key
+from trainables.distances import feature_channels
 
 
 @pytest.mark.parametrize("name, points", [
@@ -70,6 +71,7 @@ def test_resize_auto_equals_resizing_the_images_first(tmp_path: Path) -> None:
         torch.testing.assert_close(auto(x)["encoder.layers.encoder_layer_5"], plain(big)["encoder.layers.encoder_layer_5"])
         with pytest.raises(ln.LossNetworkError, match="224x224 px input only, not 64x64"):
             plain(x)
+    assert feature_channels(plain) == {"encoder.layers.encoder_layer_5": 768}  # lin layers: probed at 224 px
     base = TrialConfig(task="superres", network="vgg16", points=("features.22",))
     assert trial_key(base.replace(resize="auto")) != trial_key(base) == trial_key(base.replace(resize="off"))
     assert base.replace(resize=224).resize == "224"
