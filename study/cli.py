@@ -43,39 +43,62 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 # ------------------------------------------------------------------------------------------ networks
 
 
+def _top1_text(top1: dict[str, float]) -> str:
+    """Every weight set's ImageNet top-1, short: `V1 76.13, V2 80.86, SWAG_E2E_V1 85.30`."""
+    return ", ".join(f"{k.removeprefix('IMAGENET1K_')} {v:.2f}" for k, v in top1.items())
+
+
 def cmd_networks(args: argparse.Namespace) -> int:
     from trainables import loss_networks as ln
 
     if args.nodes:
-        ln.check_network(args.nodes)
-        nodes = ln.graph_nodes(args.nodes)
-        _print_json(list(nodes)) if args.json else print("\n".join(nodes))
-        return 0
+        return _list_nodes(ln, args.nodes, args.size, args.json)
     if args.all:
         names = ln.classification_models()
         rows = [ln.network_metadata(n) for n in names]
         if args.json:
             _print_json(rows)
         else:
-            print(_table([{**r, "top1": r["imagenet_top1"].get(ln.PAPER_WEIGHTS, "")} for r in rows],
-                         ["network", "family", "paper", "top1"]))
+            shown = [{**r, "table": "paper" if r["paper"] else "extended" if r["extended"] else "",
+                      "fixed_size": r["fixed_size"] or "", "top1": _top1_text(r["imagenet_top1"])} for r in rows]
+            print(_table(shown, ["network", "family", "table", "fixed_size", "top1"]))
         return 0
-    names = args.network or list(ln.REGISTRY)
-    rows = []
+    names = ln.expand_networks(args.network or ["all"])
+    rows, notes = [], []
     for name in names:
         ln.check_network(name)
-        points = ln.resolve_points(name, args.layer or ["all"])
-        for point in points:
-            rows.append(ln.cached_point_metadata(name, point, args.size))
+        size = ln.network_input_size(name, "random", args.size, "auto")  # a fixed-size network at its own size
+        if size != args.size:
+            notes.append(f"{name} takes {size} px input only: shown at {size} px (resize: auto)")
+        for point in ln.resolve_points(name, args.layer or ["all"]):
+            rows.append(ln.cached_point_metadata(name, point, size))
     if args.json:
         _print_json(rows)
     else:
-        shown = [
-            {**r, "top1": r["imagenet_top1"].get(ln.PAPER_WEIGHTS, ""), "shape": "x".join(map(str, r["feature_shape"]))}
-            for r in rows
-        ]
-        print(_table(shown, ["network", "point", "position", "top1", "batch_norm", "relative_depth",
-                             "params_to_point", "gflops_to_point", "shape"]))
+        shown = [{**r, "top1": _top1_text(r["imagenet_top1"]), "shape": "x".join(map(str, r["feature_shape"])),
+                  "layout": r["feature_layout"], "size": r["input_size"]} for r in rows]
+        print(_table(shown, ["network", "point", "position", "family", "batch_norm", "relative_depth",
+                             "params_to_point", "gflops_to_point", "size", "shape", "layout", "top1"]))
+        for note in notes:
+            print(f"note: {note}")
+    return 0
+
+
+def _list_nodes(ln: Any, name: str, size: int, as_json: bool) -> int:
+    """The nodes of a network that can be points, with their layout; the others (sizes, tuples, the input,
+    attention windows) only by count here and with the reason in --json."""
+    ln.check_network(name)
+    size = ln.network_input_size(name, "random", size, "auto")
+    graph = ln.graph_layouts(name)
+    points = [{"node": n, "layout": layout.describe(size)} for n, layout in graph.layouts.items()]
+    if as_json:
+        _print_json({"network": name, "input_size": size, "points": points,
+                     "not_points": [{"node": n, "why": why} for n, why in graph.refused.items()]})
+        return 0
+    print(_table(points, ["node", "layout"]))
+    if graph.refused:
+        print(f"({len(graph.refused)} other graph nodes cannot be points, e.g. {next(iter(graph.refused))}: "
+              f"{next(iter(graph.refused.values()))}; --json lists them with the reason)", file=sys.stderr)
     return 0
 
 
@@ -98,9 +121,11 @@ def cmd_distance(args: argparse.Namespace) -> int:
             f"images differ in size ({args.img0}: {tuple(img0.shape[1:])}, {args.img1}: {tuple(img1.shape[1:])}); "
             f"pass --size S to resize both"
         )
+    ln.check_network(args.network)
+    ln.network_input_size(args.network, args.weights, tuple(img0.shape[1:]), args.resize)  # before building
     net = ln.build_loss_network(
         args.network, args.layer or ["all"], weights=args.weights, normalisation=args.normalisation,
-        transform_input=args.transform_input, seed=args.seed,
+        transform_input=args.transform_input, seed=args.seed, resize=args.resize,
     )
     if args.weights == "random":
         print("note: random loss-network weights (--weights random): distances are not ImageNet-calibrated",
@@ -168,6 +193,7 @@ def _trial_config(args: argparse.Namespace) -> Any:
         normalisation=args.normalisation,
         mode=args.mode,
         transform_input=args.transform_input,
+        resize=args.resize,
         budget=args.budget,
         params=parse_assignments(args.set),
         data_root=str(Path(args.data).resolve()) if args.data else "",
@@ -342,6 +368,9 @@ def _add_network_flags(p: argparse.ArgumentParser, required: bool = True) -> Non
     p.add_argument("--transform-input", dest="transform_input", choices=("auto", "on", "off"), default="auto",
                    help="GoogLeNet/Inception input re-scaling: auto = as torchvision does for these weights; "
                         "off = the reference implementation")
+    p.add_argument("--resize", default="off", metavar="off|auto|SIZE",
+                   help="resize the loss network's input: off (default), auto (a fixed-size network such as "
+                        "ViT or MaxViT gets its own size, others the input as given) or SIZE x SIZE px")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -372,10 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("networks", help="the loss-network registry with metadata")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="every torchvision classification model")
-    p.add_argument("--nodes", metavar="NETWORK", help="list the valid extraction nodes of NETWORK")
-    p.add_argument("--network", action="append", help="only these networks (default: the paper's 14)")
-    p.add_argument("--layer", action="append", help="only these points (default: the paper's 4)")
-    p.add_argument("--size", type=int, default=224, help="input size for feature shapes and FLOPs")
+    p.add_argument("--nodes", metavar="NETWORK", help="list the nodes of NETWORK that can be points, with "
+                                                      "their feature layout")
+    p.add_argument("--network", action="append", help="only these networks; `all` = the paper's 14 (default), "
+                                                      "`extended` = the modern set; repeatable")
+    p.add_argument("--layer", action="append", help="only these points (default: each network's 4)")
+    p.add_argument("--size", type=int, default=224, help="input size for feature shapes and FLOPs (a fixed-size "
+                                                         "network is shown at its own size)")
     p.set_defaults(func=cmd_networks)
 
     p = sub.add_parser("distance", help="perceptual distance between two images")

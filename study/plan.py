@@ -1,7 +1,7 @@
 """Expand a StudySpec into trials: one per (task, dataset, network, point, variant, seed, condition).
 
 Each trial is a fully resolved TrialConfig with its key. A condition is one combination of the loss-network
-settings (weights, normalisation, mode, transform_input: study-level values, overridden per task, each a
+settings (weights, normalisation, mode, transform_input, resize: study-level values, overridden per task, each a
 value or a list) and of the task settings given as lists (`tasks.superres.eval_protocol: [full, center288]`).
 `pixel_baseline: true` adds the network-less trial (network "none") of every task that has one, once per
 (dataset, variant, seed, task-setting combination).
@@ -27,6 +27,7 @@ from typing import Any
 from study.spec import CONDITIONS, TASK_KEYS, StudySpec, has_pixel_baseline
 from trainables import loss_networks as ln
 from trainables.config import ConfigError, TrialConfig, trial_key
+from trainables.errors import UserError
 from trainables.tasks import task_module
 from trainables.trial import NO_NETWORK, SYNTHETIC_MARKER, prepare
 
@@ -45,7 +46,7 @@ class PlannedTrial:
         c = self.config
         return {"trial_key": self.key, "task": c.task, "dataset": c.dataset, "network": c.network,
                 "point": c.point, "variant": c.variant, "seed": c.seed, "weights": c.weights, "mode": c.mode,
-                "normalisation": c.normalisation, "transform_input": c.transform_input}
+                "normalisation": c.normalisation, "transform_input": c.transform_input, "resize": c.resize}
 
     def row(self) -> dict[str, Any]:
         """Everything `dpl plan` shows of a trial: the summary, budget, every resolved task setting, data."""
@@ -55,11 +56,11 @@ class PlannedTrial:
 
 
 def _networks(spec_value: Any) -> list[str]:
-    return list(ln.REGISTRY) if spec_value == "all" else list(spec_value)
+    return ln.expand_networks(spec_value)
 
 
 def _points(spec_value: Any, network: str) -> list[tuple[str, ...]]:
-    """One trial per point: 'all' -> the paper's 4; a mapping gives per-network lists."""
+    """One trial per point: 'all' -> the network's 4 default points; a mapping gives per-network lists."""
     if network == NO_NETWORK:
         return [()]
     if isinstance(spec_value, dict):
@@ -200,7 +201,7 @@ def expand(spec: StudySpec) -> list[PlannedTrial]:
                                     )
                                     try:
                                         config = prepare(config)
-                                    except ConfigError as exc:
+                                    except UserError as exc:  # a setting, or a network/point/input size
                                         raise ConfigError(f"study spec: tasks.{task}: {exc}") from exc
                                     key = trial_key(config, synthetic=is_synth)
                                     trials.setdefault(key, PlannedTrial(key, config))
@@ -296,7 +297,8 @@ def _loss_gflops(config: TrialConfig) -> float | None:
     if config.network == NO_NETWORK:
         return 0.0
     try:
-        size = task_module(config.task).input_size(config)
+        size = ln.network_input_size(config.network, config.weights, task_module(config.task).input_size(config),
+                                     config.resize)
         return sum(ln.cached_point_metadata(config.network, pt, size)["gflops_to_point"] for pt in config.points)
     except Exception:  # noqa: BLE001 - e.g. a point that cannot run at this size: no estimate
         return None
@@ -418,7 +420,7 @@ def format_report(report: dict[str, Any]) -> str:
         by_task.setdefault(row["task"], []).append(row)
     varying: dict[str, list[str]] = {}
     for task, rows in by_task.items():
-        flat = [{**{k: r[k] for k in ("weights", "normalisation", "mode", "transform_input", "budget")}, **r["params"]}
+        flat = [{**{k: r[k] for k in ("weights", "normalisation", "mode", "transform_input", "budget", "resize")}, **r["params"]}
                 for r in rows]
         common = {k: v for k, v in flat[0].items() if all(f.get(k) == v for f in flat)}
         varying[task] = sorted({k for f in flat for k in f if k not in common})

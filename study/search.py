@@ -80,7 +80,7 @@ def _spec_choices(spec: StudySpec, task: str, dim: str) -> list[Any]:
     raw, settings = spec.raw, spec.raw["tasks"][task]
     if dim == "network":
         networks = settings.get("networks", raw["networks"])
-        return list(ln.REGISTRY) if networks == "all" else list(networks)
+        return ln.expand_networks(networks)
     if dim == "point":
         key = f"tasks.{task}.points" if "points" in settings else "points"
         return _spec_points(settings.get("points", raw["points"]), key)
@@ -132,14 +132,16 @@ def search_space(spec: StudySpec) -> SearchSpace:
                             list(raw["seeds"]), metric, direction)
     for combo in itertools.product(*(choices[d] for d in DIMENSIONS)):
         values = dict(zip(DIMENSIONS, combo))
-        if values["network"] != NO_NETWORK and len(ln.resolve_points(values["network"], values["point"])) != 1:
-            raise _fail("search.space.point", f"{values['point']!r} is several points", "give single points (p1..p4 or node names)")
         values.update({name: dist["choices"][0] if "choices" in dist else dist["low"]
                        for name, dist in space_obj.params.items()})  # names and types of the settings
         try:
-            _config_for(spec, space_obj, values, space_obj.seeds[0])
+            several = values["network"] != NO_NETWORK and len(ln.resolve_points(values["network"], values["point"])) != 1
+            if not several:
+                _config_for(spec, space_obj, values, space_obj.seeds[0])
         except UserError as exc:  # a ConfigError, or the loss-network registry's unknown network / node
             raise ConfigError(f"study spec: search: {exc}") from exc
+        if several:
+            raise _fail("search.space.point", f"{values['point']!r} is several points", "give single points (p1..p4 or node names)")
     return space_obj
 
 
@@ -167,6 +169,7 @@ def _config_for(spec: StudySpec, space: SearchSpace, values: dict[str, Any], see
         task=space.task, network=network, points=() if network == NO_NETWORK else (values["point"],),
         dataset=space.dataset, variant=values["variant"], seed=seed, weights=raw["weights"],
         normalisation=raw["normalisation"], mode=raw["mode"], transform_input=raw["transform_input"],
+        resize=raw["resize"],
         budget=settings.get("budget", "smoke"), params=params,
         data_root=data_root(spec, space.task, space.dataset, settings.get("data", "synthetic")),
     )

@@ -15,7 +15,16 @@ from typing import Any
 import yaml
 
 from study.tracking_retry import DEFAULT_RETRY_S
-from trainables.config import BUDGETS, MODES, NORMALISATIONS, TRANSFORM_INPUT, ConfigError, parse_assignments
+from trainables.config import (
+    BUDGETS,
+    MODES,
+    NORMALISATIONS,
+    RESIZE_WORDS,
+    TRANSFORM_INPUT,
+    ConfigError,
+    parse_assignments,
+    resize_setting,
+)
 
 PRESETS = ("smoke", "quick", "paper", "corrected")
 SPEC_FILE = "study.yaml"
@@ -32,19 +41,23 @@ CONDITIONS: dict[str, tuple[str, ...] | None] = {
     "normalisation": NORMALISATIONS,
     "mode": MODES,
     "transform_input": TRANSFORM_INPUT,
+    "resize": RESIZE_WORDS,  # or a side in pixels (resize_setting)
 }
+#: Conditions whose values are normalised before they are checked (a YAML `resize: 224` is the string "224").
+NORMALISED_CONDITIONS = {"resize": resize_setting}
 
 #: Every top-level key, with what it holds (also the text of the "allowed keys" errors).
 TOP_KEYS = {
     "name": "study name (= MLflow experiment)",
     "tasks": "mapping task -> settings",
-    "networks": "list of torchvision names, or 'all' (the paper's 14)",
-    "points": "'all', a list of p1..p4 / node names, or a mapping network -> list",
+    "networks": "list of torchvision names, or 'all' (the paper's 14) or 'extended' (the modern set), also inside a list",
+    "points": "'all' (each network's 4 default points), a list of p1..p4 / node names, or a mapping network -> list",
     "seeds": "list of integers",
     "weights": "imagenet | random | weight-set name | state-dict path, or a list of them",
     "normalisation": "imagenet | none, or a list",
     "mode": "eval | train, or a list",
     "transform_input": "auto | on | off, or a list",
+    "resize": "off | auto | a side in pixels: resize the loss network's input (auto: a fixed-size network's own size), or a list",
     "pixel_baseline": "true | false: add the pixel-loss trial (network none) to every task that has one",
     "data_root": "directory that relative data paths are read from (default: --data-root, $DPL_DATA_ROOT, datasets)",
     "resources": "mapping cpu, gpu (per trial)",
@@ -70,6 +83,7 @@ TASK_KEYS = {
     "normalisation": "override the study's normalisation for this task (a value or a list)",
     "mode": "override the study's loss-network mode for this task (a value or a list)",
     "transform_input": "override the study's transform_input for this task (a value or a list)",
+    "resize": "override the study's resize for this task (a value or a list)",
     "pixel_baseline": "true | false: add this task's pixel-loss trial (network none)",
 }
 SEARCH_KEYS = {"type": "grid | optuna", "num_samples": "integer", "metric": "metric name (default: the task's primary)",
@@ -146,7 +160,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         _expect(s, int, "seeds", "a list of integers")
     raw["seeds"] = seeds
     for key, allowed in CONDITIONS.items():
-        condition_values(raw.setdefault(key, allowed[0] if allowed else "imagenet"), key, allowed)
+        raw[key] = condition_values(raw.setdefault(key, allowed[0] if allowed else "imagenet"), key, allowed)
     _expect(raw.setdefault("pixel_baseline", False), bool, "pixel_baseline", "true | false")
     if "data_root" in raw:
         _expect(raw["data_root"], str, "data_root", "a directory path")
@@ -183,11 +197,19 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def condition_values(value: Any, key: str, allowed: tuple[str, ...] | None) -> list[str]:
+def condition_values(value: Any, key: str, allowed: tuple[str, ...] | None) -> Any:
     """A condition's values: one value or a non-empty list of distinct ones, each allowed (any string for
-    weights, whose names are checked against torchvision when the trial is prepared)."""
+    weights, whose names are checked against torchvision when the trial is prepared). Returns `value` with
+    NORMALISED_CONDITIONS applied (the same shape: one value or a list)."""
     shown = " | ".join(allowed) if allowed else TOP_KEYS["weights"]
     values = value if isinstance(value, list) else [value]
+    normalise = NORMALISED_CONDITIONS.get(key.rsplit(".", 1)[-1])
+    if normalise is not None:
+        try:
+            values = [normalise(v) for v in values]
+        except ConfigError as exc:
+            raise _fail(key, str(exc).split(": ", 1)[-1], TOP_KEYS[key.rsplit(".", 1)[-1]]) from exc
+        value, allowed = (values if isinstance(value, list) else values[0]), None
     if not values:
         raise _fail(key, "an empty list", f"{shown}, or a non-empty list of them")
     for v in values:
@@ -197,7 +219,7 @@ def condition_values(value: Any, key: str, allowed: tuple[str, ...] | None) -> l
             raise _fail(key, f"{v!r}{listed}{hint}", shown)
     if len(set(values)) != len(values):
         raise _fail(key, f"{value!r} lists a value twice", "distinct values")
-    return values
+    return value
 
 
 def _task_module(task: str) -> Any:
@@ -236,7 +258,7 @@ def _validate_task(task: str, settings: Any) -> dict[str, Any]:
             raise _fail(f"{where}.{key}", "an empty list", "a value, or a non-empty list of values (expands the grid)")
     for key, allowed in CONDITIONS.items():
         if key in settings:
-            condition_values(settings[key], f"{where}.{key}", allowed)
+            settings[key] = condition_values(settings[key], f"{where}.{key}", allowed)
     if "pixel_baseline" in settings:
         _expect(settings["pixel_baseline"], bool, f"{where}.pixel_baseline", "true | false")
         if settings["pixel_baseline"] and not has_pixel_baseline(module):

@@ -35,11 +35,12 @@ UI_VIEW_QUERY = "workflowType=machine_learning"
 RUNS_ORDER_QUERY = "orderByKey=tags.%60mlflow.runName%60&orderByAsc=true"
 LOCAL_UI = "http://127.0.0.1:5000"
 #: Conditions a trial run's name shows only when they differ from these defaults (its description lists all).
-NAME_DEFAULTS = {"weights": "imagenet", "normalisation": "imagenet", "mode": "eval", "transform_input": "auto"}
+NAME_DEFAULTS = {"weights": "imagenet", "normalisation": "imagenet", "mode": "eval", "transform_input": "auto",
+                 "resize": "off"}
 FINISHED, FAILED, RUNNING, KILLED = "FINISHED", "FAILED", "RUNNING", "KILLED"
 #: Fixed names of the public schema (README): these params are logged for every trial.
 CONFIG_PARAMS = ("task", "dataset", "network", "point", "variant", "seed", "weights", "normalisation", "mode",
-                 "transform_input", "budget")
+                 "transform_input", "resize", "budget")
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -278,7 +279,7 @@ def ui_hint(tracking_uri: str, experiment_id: str | None) -> list[str]:
 def trial_run_name(config: Any) -> str:
     """A run name a person can read in the runs table: `superres/coco vgg16@features.22 seed0`.
 
-    The variant (unless it is `default`) and any condition that is not the default (weights, normalisation, mode, transform_input)
+    The variant (unless it is `default`) and any condition that is not the default (weights, normalisation, mode, transform_input, resize)
     are added, so the trials of an ablation grid are told apart; the key stays in the `dpl.trial_key` tag.
     """
     task = f"{config.task}/{config.dataset}" if config.dataset else config.task

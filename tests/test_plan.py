@@ -19,6 +19,7 @@ import yaml
 from study.plan import expand, plan_report, trial_compute
 from study.spec import load_spec, preset_path
 from trainables import loss_networks as ln
+from trainables.errors import UserError
 from trainables.config import TrialConfig
 from trainables.trial import prepare
 
@@ -282,3 +283,35 @@ def test_every_synthetic_size_a_study_or_the_cli_asks_for_exists_in_every_genera
     assert sizes == set(synth.choices) == {"smoke", "small"}
     for dataset, source in SYNTH_SOURCE.items():
         assert set(dataset_module(source).SYNTH_SIZES) == sizes, dataset
+
+
+#: sha256 (16 hex digits) of the sorted trial keys each preset planned before the `resize` condition and the
+#: extended networks existed (commit fe4aaf0, data root without synthetic data): an existing study resumes.
+PINNED_PRESET_KEYS = {"paper": (284, "a9bc8d1c77790797"), "corrected": (284, "dd9432a2602218a1"),
+                      "smoke": (8, "c100ecd31599e8f4")}
+
+
+@pytest.mark.parametrize("preset", sorted(PINNED_PRESET_KEYS))
+def test_presets_plan_the_same_keys_as_before_new_settings(preset, tmp_path) -> None:
+    import hashlib
+
+    spec = load_spec(preset=preset, storage=tmp_path / "study", data_root=tmp_path / "no-data")
+    keys = sorted(t.key for t in expand(spec))
+    assert (len(keys), hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16]) == PINNED_PRESET_KEYS[preset]
+
+
+def test_networks_extended_and_all_in_a_spec(tmp_path) -> None:
+    """`all` stays the paper's 14; `extended` is the modern set, also inside a list beside other names (on
+    BAPPS's 64 px patches ViT and MaxViT need `resize: auto`, and say so)."""
+    def networks(value, resize: str = "auto") -> list[str]:
+        spec = load_spec(preset="smoke", storage=tmp_path / "s", data_root=tmp_path / "d",
+                         overrides=[f"networks={value}", "points=[p4]", 'tasks={"similarity": {}}', f"resize={resize}"])
+        return list(dict.fromkeys(t.config.network for t in expand(spec)))
+
+    assert networks("all") == list(ln.REGISTRY)
+    assert networks("extended") == list(ln.EXTENDED) and len(ln.EXTENDED) >= 12
+    assert not set(ln.EXTENDED) & set(ln.REGISTRY)
+    assert networks("[vgg16,extended,alexnet,vgg16]") == ["vgg16", *ln.EXTENDED, "alexnet"]
+    with pytest.raises(UserError, match="tasks.similarity: vit_b_16 with weights random takes 224x224 px input only, not 64x64: "
+                                          "pass --resize auto"):
+        networks("extended", resize="off")

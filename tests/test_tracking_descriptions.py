@@ -43,6 +43,7 @@ def test_trial_description_states_task_network_point_conditions_and_primary():
         "| normalisation | imagenet |",
         "| mode | eval |",
         "| transform_input | auto |",
+        "| resize | off |",
         "| budget | smoke |",
         "",
         "| final metric | value |",

@@ -24,6 +24,11 @@ WEIGHT_KINDS = ("imagenet", "random")  # or an enum member name (IMAGENET1K_V2) 
 NORMALISATIONS = ("imagenet", "none")
 MODES = ("eval", "train")
 TRANSFORM_INPUT = ("auto", "on", "off")
+#: `resize`: the input as given (`off`), a fixed-size network's own side (`auto`), or a side in pixels.
+RESIZE_WORDS = ("off", "auto")
+#: Settings added after studies were run, with the value that means "as before": a config holding that
+#: value leaves the setting out of its identity, so every key planned before it existed stays the same.
+KEY_NEUTRAL = {"resize": "off"}
 #: Written by every dataset's `synthesize()` at the dataset root.
 SYNTHETIC_MARKER = "DPL_SYNTHETIC.json"
 
@@ -35,6 +40,14 @@ def is_synthetic(data_root: str) -> bool:
 
 class ConfigError(UserError, ValueError):
     """A setting is invalid; the message says which one and what is allowed."""
+
+
+def resize_setting(value: Any) -> str:
+    """A `resize` value as the string that is recorded and hashed: `off`, `auto` or a side (`224`, from 224)."""
+    text = str(value)
+    if text in RESIZE_WORDS or (text.isdigit() and int(text) > 0 and not isinstance(value, bool)):
+        return text
+    raise ConfigError(f"resize: {value!r} is not one of {' | '.join(RESIZE_WORDS)} or a positive side in pixels (e.g. 224)")
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class TrialConfig:
     normalisation: str = "imagenet"
     mode: str = "eval"
     transform_input: str = "auto"
+    resize: str = "off"
     budget: str = "smoke"
     params: dict[str, Any] = field(default_factory=dict)
     data_root: str = ""
@@ -71,6 +85,7 @@ class TrialConfig:
             raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
         if self.transform_input not in TRANSFORM_INPUT:
             raise ConfigError(f"transform_input: {self.transform_input!r} is not one of {', '.join(TRANSFORM_INPUT)}")
+        object.__setattr__(self, "resize", resize_setting(self.resize))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed: {self.seed!r} must be an integer")
 
@@ -89,6 +104,9 @@ class TrialConfig:
         root = d.pop("data_root")
         d["data"] = "synthetic" if (is_synthetic(root) if synthetic is None else synthetic) else "real"
         d.pop("device")
+        for key, neutral in KEY_NEUTRAL.items():
+            if d[key] == neutral:
+                d.pop(key)
         d["points"] = list(self.points)
         d["key_version"] = KEY_VERSION
         return d

@@ -142,6 +142,7 @@ def _safe(point: str) -> str:
 def feature_channels(net: nn.Module, size: int = 128) -> dict[str, int]:
     was_training = net.training
     net.eval()
+    size = getattr(net, "fixed_size", None) or size  # ViT/MaxViT take one size only
     probe = torch.zeros(1, 3, size, size, device=next(iter(net.buffers())).device)
     out = {p: f.shape[1] for p, f in net(probe).items()}
     net.train(was_training)

@@ -1,20 +1,26 @@
-"""Loss networks: a name -> extraction points table, and a builder for frozen, pruned feature extractors.
+"""Loss networks: frozen, pruned feature extractors of any torchvision classifier, one (B, C, H, W) map per point.
 
-The 14 networks and 4 points per network of Pihlgren et al. are one data table (`REGISTRY`); any other
-torchvision classification model and any node of its FX graph works too. Points are
+Which networks and points a study can name is data (`trainables.network_registry`: the paper's 14 x 4,
+the extended modern set, any other node of any classifier's FX graph). Points are
 `torchvision.models.feature_extraction` node names, so `create_feature_extractor` prunes the graph after
-the deepest requested node: an early point never pays for the later layers.
+the deepest requested node: an early point never pays for the later layers. Every point's output is put in
+(B, C, H, W) form by the layout that `trainables.feature_layout` reads off the traced graph (Swin's NHWC,
+ViT's tokens, vectors), so distances and tasks need not know the network.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import hashlib
 import json
+import math
 import os
-import zlib
-import functools
+import threading
 import urllib.error
-from dataclasses import dataclass
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,136 +29,99 @@ import torchvision
 from torch import nn
 from torchvision.models import feature_extraction
 
-from trainables.errors import UserError
+from trainables import feature_layout
+from trainables.config import resize_setting
+from trainables.feature_layout import FeatureLayout, GraphLayouts
+from trainables.network_registry import (  # noqa: F401 - the registry's names are part of this module's API
+    EXTENDED,
+    NETWORK_GROUPS,
+    PAPER_WEIGHTS,
+    REGISTRY,
+    LossNetworkError,
+    NetworkEntry,
+    check_network,
+    classification_models,
+    default_points,
+    entry,
+    expand_networks,
+    family_of,
+    imagenet_top1,
+    resolve_points,
+    weight_sets,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: The weight set the paper used (torchvision's DEFAULT is V2 for resnet50 and resnext50_32x4d).
-PAPER_WEIGHTS = "IMAGENET1K_V1"
 #: Networks whose forward() re-scales its input when built with Google's weights.
 TRANSFORM_INPUT_NETWORKS = ("googlenet", "inception_v3")
+#: Networks built for one input size, by family, with their builder's keyword for it: ViT asserts the image
+#: size (its position embedding has one entry per patch), MaxViT sizes its attention partitions at
+#: construction. Their weight sets fix the size (`min_size` of torchvision's metadata: 224, 384 or 518 for
+#: ViT's SWAG sets); random weights use the builder's default, 224.
+FIXED_SIZE_KEYWORD = {"vit": "image_size", "maxvit": "input_size"}
+DEFAULT_FIXED_SIZE = 224
+RESIZE_HINT = "pass --resize auto (`resize: auto` in a study) to resize the input to {size} px before the network"
+#: The families of the paper's networks. Their graphs up to any point are convolutions, norms, pools,
+#: concatenations and additions, so they run unchanged on channels_last activations (tested against NCHW at
+#: every point); and torchvision initialises them as `seeded_init` does, so their random weights take the
+#: fast meta-device path. Others (ShuffleNet's channel shuffle and ViT/Swin reshapes `.view` activations)
+#: stay NCHW under "auto" and are built with torchvision's own initialisation.
+PAPER_FAMILIES = frozenset({e.family for e in REGISTRY.values()})
+CHANNELS_LAST_FAMILIES = PAPER_FAMILIES
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
-class LossNetworkError(UserError, ValueError):
-    """Bad network, point or weights; the message says what is wrong and how to fix it."""
+# ---------------------------------------------------------------------------------------- input size
 
 
-@dataclass(frozen=True)
-class NetworkEntry:
-    """One row of the paper's table: the 4 points (node names) and the reference's child indices."""
-
-    name: str
-    points: tuple[str, str, str, str]
-    reference_indices: tuple[int, int, int, int]
-    family: str
-
-
-def _vgg(name: str, idx: tuple[int, int, int, int]) -> NetworkEntry:
-    return NetworkEntry(name, tuple(f"features.{i}" for i in idx), idx, "vgg")  # type: ignore[arg-type]
+def fixed_input_size(name: str, weights: str = "random") -> int | None:
+    """The one input side a fixed-size network (ViT, MaxViT) takes with these weights; None for the others."""
+    if family_of(name) not in FIXED_SIZE_KEYWORD:
+        return None
+    enum_name = weights_enum_name(name, weights)
+    if enum_name is not None:
+        return int(weight_sets(name)[enum_name]["min_size"][0])
+    if weights != "random" and family_of(name) == "vit":
+        return _vit_file_size(name, weights)
+    return DEFAULT_FIXED_SIZE
 
 
-_RESNET_POINTS = ("relu", "layer1", "layer2", "layer4")
-_EFFNET_POINTS = ("features.0", "features.1", "features.4", "features.7")
-
-REGISTRY: dict[str, NetworkEntry] = {
-    e.name: e
-    for e in (
-        NetworkEntry("alexnet", ("features.1", "features.4", "features.7", "features.11"), (1, 4, 7, 11), "alexnet"),
-        _vgg("vgg11", (1, 4, 9, 19)),
-        _vgg("vgg16", (3, 8, 15, 29)),
-        _vgg("vgg16_bn", (5, 12, 22, 42)),
-        _vgg("vgg19", (3, 8, 17, 35)),
-        NetworkEntry("resnet18", _RESNET_POINTS, (2, 4, 5, 7), "resnet"),
-        NetworkEntry("resnet50", _RESNET_POINTS, (2, 4, 5, 7), "resnet"),
-        NetworkEntry("resnext50_32x4d", _RESNET_POINTS, (2, 4, 5, 7), "resnet"),
-        NetworkEntry(
-            "densenet121",
-            ("features.relu0", "features.denseblock1", "features.denseblock2", "features.denseblock4"),
-            (2, 4, 6, 10),
-            "densenet",
-        ),
-        NetworkEntry("googlenet", ("conv1", "inception3a", "inception4a", "inception5b"), (0, 5, 8, 15), "googlenet"),
-        NetworkEntry(
-            "inception_v3", ("Conv2d_2b_3x3", "Mixed_5b", "Mixed_5d", "Mixed_6e"), (2, 7, 9, 14), "inception"
-        ),
-        NetworkEntry(
-            "squeezenet1_1", ("features.1", "features.3", "features.7", "features.12"), (1, 3, 7, 12), "squeezenet"
-        ),
-        NetworkEntry("efficientnet_b0", _EFFNET_POINTS, (0, 1, 4, 7), "efficientnet"),
-        NetworkEntry("efficientnet_b7", _EFFNET_POINTS, (0, 1, 4, 7), "efficientnet"),
-    )
-}
+def _vit_file_size(name: str, path: str) -> int:
+    """The image side a ViT state dict was trained at: its position embedding has 1 + (side/patch)^2 rows."""
+    state = _load_file_state_dict(path, mmap=True)
+    rows = state.get("encoder.pos_embedding")
+    if rows is None:
+        return DEFAULT_FIXED_SIZE  # the load itself will name what is missing
+    return math.isqrt(int(rows.shape[1]) - 1) * int(name.rsplit("_", 1)[1])
 
 
-# --------------------------------------------------------------------------------------------- names
+def network_input_size(name: str, weights: str, size: int | tuple[int, int], resize: str = "off") -> int:
+    """The side the network sees for a `size` px (or (height, width)) input under `resize`; a one-line
+    error, before anything is built or run, when a fixed-size network would get another size."""
+    resize = resize_setting(resize)
+    fixed = fixed_input_size(name, weights)
+    height, width = (size, size) if isinstance(size, int) else size
+    if resize != "off":
+        height = width = fixed or height if resize == "auto" else int(resize)
+    if fixed is not None and (height, width) != (fixed, fixed):
+        raise LossNetworkError(
+            f"{name} with weights {weights} takes {fixed}x{fixed} px input only, not {height}x{width}: "
+            f"{RESIZE_HINT.format(size=fixed) if resize != 'auto' else f'give {fixed} px input'}"
+        )
+    return height
 
 
-@functools.cache
-def classification_models() -> tuple[str, ...]:
-    """Every torchvision ImageNet classification builder (not detection/segmentation/video/quantized)."""
-    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
-
-
-def check_network(name: str) -> str:
-    """`name` if torchvision can build it as a classifier, else an error naming the closest names."""
-    if name in classification_models():
-        return name
-    close = difflib.get_close_matches(name, classification_models(), n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else "run `dpl networks --all` for the list"
-    raise LossNetworkError(f"unknown network {name!r}: {hint}")
-
-
-def family_of(name: str) -> str:
-    if name in REGISTRY:
-        return REGISTRY[name].family
-    stem = name.split("_")[0].rstrip("0123456789")
-    return {"wide": "resnet", "resnext": "resnet", "vit": "vit"}.get(stem, stem)
-
-
-def default_points(name: str) -> tuple[str, ...]:
-    """The paper's 4 points; for other networks there is no default and the user must name nodes."""
-    if name in REGISTRY:
-        return REGISTRY[name].points
-    raise LossNetworkError(
-        f"{name} is not one of the paper's 14 networks, so it has no default points: name nodes with "
-        f"--layer (list them with `dpl networks --nodes {name}`)"
-    )
-
-
-def resolve_points(name: str, points: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
-    """'all' -> the paper's 4; 'p1'..'p4' -> the paper's point at that position; node names pass through."""
-    if isinstance(points, str):
-        points = (points,)
-    out: list[str] = []
-    for p in points:
-        if p == "all":
-            out.extend(default_points(name))
-        elif len(p) == 2 and p[0] == "p" and p[1] in "1234" and name in REGISTRY:
-            out.append(REGISTRY[name].points[int(p[1]) - 1])
-        else:
-            out.append(p)
-    return tuple(dict.fromkeys(out))
+def min_size(name: str, weights: str | None = None) -> int:
+    """The smallest input side torchvision states for these weights (for any of its weight sets: the
+    smallest of them); 1 when it states none."""
+    sets = weight_sets(name)
+    if weights is not None and weights_enum_name(name, weights) is not None:
+        sets = {k: v for k, v in sets.items() if k == weights_enum_name(name, weights)}
+    sizes = [m.get("min_size", (1, 1))[0] for m in sets.values()]
+    return min(sizes) if sizes else 1
 
 
 # ------------------------------------------------------------------------------------------ weights
-
-
-def weight_sets(name: str) -> dict[str, dict[str, Any]]:
-    """The weight sets torchvision ships for `name`, with their metadata (offline: no download)."""
-    try:
-        enum = torchvision.models.get_model_weights(name)
-    except (ValueError, KeyError):
-        return {}
-    return {w.name: dict(w.meta) for w in enum}
-
-
-def imagenet_top1(name: str) -> dict[str, float]:
-    """ImageNet-1K top-1 accuracy of each weight set, from torchvision's own metadata."""
-    return {
-        k: float(m["_metrics"]["ImageNet-1K"]["acc@1"])
-        for k, m in weight_sets(name).items()
-        if "ImageNet-1K" in m.get("_metrics", {})
-    }
 
 
 def weights_enum_name(name: str, weights: str) -> str | None:
@@ -226,12 +195,12 @@ def _check_cached_hash(path: Path, url: str) -> None:
         )
 
 
-def _load_file_state_dict(path: str) -> dict[str, torch.Tensor]:
+def _load_file_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise LossNetworkError(f"weights file {p} does not exist: give a state-dict file, imagenet or random")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001
         raise LossNetworkError(
             f"weights file {p} is not a loadable state dict ({type(exc).__name__}); save one with "
@@ -244,27 +213,63 @@ def _load_file_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _construct(name: str, pretrained_layout: bool) -> nn.Module:
+_META_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter created inside goes to the meta device as it is registered; everything else (the
+    shape arithmetic of a builder, buffers such as Swin's position index) stays on the CPU.
+
+    `with torch.device("meta")` puts every tensor there, and builders that compute with tensors break:
+    RegNet's widths come from `torch.pow(...).tolist()` ("Cannot copy out of meta tensor"). Parameters are
+    what costs time and memory to initialise; the init code that follows in `__init__` runs on meta.
+    """
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    with _META_LOCK:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def _construct(name: str, pretrained_layout: bool, size: int | None = None) -> nn.Module:
+    """torchvision's builder without weights; `size` for a fixed-size network (FIXED_SIZE_KEYWORD)."""
     kwargs: dict[str, Any] = {}
     if name in TRANSFORM_INPUT_NETWORKS:
         # Auxiliary heads are never extraction points; building them only costs memory and time.
         kwargs.update(aux_logits=False, init_weights=not pretrained_layout)
+    keyword = FIXED_SIZE_KEYWORD.get(family_of(name))
+    if keyword is not None and size is not None:
+        kwargs[keyword] = size if keyword == "image_size" else (size, size)
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
 def build_classifier(name: str, weights: str = "imagenet", seed: int = 0) -> nn.Module:
-    """The full torchvision model with the requested weights (seeded init for `random`)."""
+    """The full torchvision model with the requested weights (seeded init for `random`); a fixed-size
+    network is built for the size its weights were trained at."""
     check_network(name)
     enum_name = weights_enum_name(name, weights)
+    size = fixed_input_size(name, weights)
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _construct(name, pretrained_layout=False)
+            return _construct(name, pretrained_layout=False, size=size)
     state = _load_file_state_dict(weights) if enum_name is None else _download_state_dict(name, enum_name)
-    state = {k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2."))}
-    # Loaded weights replace every tensor, so skip the random init (seconds for VGG's classifier).
-    with torch.device("meta"):
-        model = _construct(name, pretrained_layout=True)
+    kept = OrderedDict((k, v) for k, v in state.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2.")))
+    if hasattr(state, "_metadata"):  # the module versions `state_dict()` records: MNASNet refuses a dict without
+        kept._metadata = state._metadata  # type: ignore[attr-defined]
+    state = kept
+    # Loaded weights replace every parameter, so skip the random init (seconds for VGG's classifier).
+    with _parameters_on_meta():
+        model = _construct(name, pretrained_layout=True, size=size)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
@@ -276,30 +281,66 @@ def build_classifier(name: str, weights: str = "imagenet", seed: int = 0) -> nn.
     return model
 
 
+def _meta_model(name: str, size: int | None = None) -> nn.Module:
+    """The network on the meta device (shapes only), for tracing and counting; `size` for fixed-size ones."""
+    with _parameters_on_meta():
+        model = _construct(name, pretrained_layout=True, size=size)
+    return model.to("meta").eval()
+
+
 # ------------------------------------------------------------------------------------------- points
 
 
 @functools.cache
+def graph_layouts(name: str) -> GraphLayouts:
+    """Every node of `name`'s eval-mode graph and, for those that can be points, their layout
+    (`trainables.feature_layout`: traced on meta at 224 and 448 px, a second copy built for 448 where the
+    network is fixed-size). Layouts do not depend on the weights."""
+    check_network(name)
+    size = DEFAULT_FIXED_SIZE
+    model = _meta_model(name, size)
+    other = _meta_model(name, 2 * size) if family_of(name) in FIXED_SIZE_KEYWORD else model
+    if name in TRANSFORM_INPUT_NETWORKS:
+        model.transform_input = other.transform_input = False
+    return feature_layout.analyse(model, other, size)
+
+
 def graph_nodes(name: str) -> tuple[str, ...]:
-    """The eval-mode FX graph node names of `name` (the valid points), in execution order."""
-    model = _meta_model(check_network(name))  # tracing needs no weights
-    _, eval_nodes = feature_extraction.get_graph_node_names(model)
-    return tuple(eval_nodes)
+    """The eval-mode FX graph node names of `name`, in execution order (`get_graph_node_names`' list)."""
+    return graph_layouts(name).nodes
+
+
+def point_nodes(name: str) -> dict[str, FeatureLayout]:
+    """The nodes that can be extraction points, with their layouts, in execution order."""
+    return graph_layouts(name).layouts
 
 
 def check_points(name: str, points: tuple[str, ...]) -> tuple[str, ...]:
+    """`points` if each names a node (or module prefix) whose output is a feature map, else one line."""
     if not points:
         raise LossNetworkError("no extraction point given: pass --layer NODE (see `dpl networks --nodes NETWORK`)")
     nodes = graph_nodes(name)
     for p in points:
-        if resolve_node(name, p) is None:
+        node = resolve_node(name, p)
+        if node is None:
             prefixes = {n.rsplit(".", k)[0] for n in nodes for k in range(1, n.count(".") + 1)}
-            close = difflib.get_close_matches(p, sorted(prefixes) + list(nodes), n=6, cutoff=0.4)
-            suggestion = ", ".join(close) if close else ", ".join(default_points(name) if name in REGISTRY else nodes[:8])
+            close = difflib.get_close_matches(p, sorted(prefixes) + list(point_nodes(name)), n=6, cutoff=0.4)
+            suggestion = ", ".join(close) if close else ", ".join(default_points(name) if entry(name) else nodes[1:9])
             raise LossNetworkError(
                 f"{name} has no node {p!r}; close valid nodes: {suggestion} (all: `dpl networks --nodes {name}`)"
             )
+        if node not in point_nodes(name):
+            shown = p if node == p else f"{p!r} (its last node {node})"
+            raise LossNetworkError(
+                f"{name} node {shown} cannot be a point: {graph_layouts(name).refused[node]}; pick a feature map "
+                f"(`dpl networks --nodes {name}` lists them)"
+            )
     return points
+
+
+def point_layout(name: str, point: str) -> FeatureLayout:
+    """The layout of a (checked) point's output."""
+    return point_nodes(name)[resolve_node(name, point)]  # type: ignore[index]
 
 
 def resolve_node(name: str, point: str) -> str | None:
@@ -337,16 +378,20 @@ def uses_transform_input(name: str, weights: str, setting: str) -> bool:
 
 
 class LossNetwork(nn.Module):
-    """A frozen feature extractor: image in [0, 1] -> {point: feature map}.
+    """A frozen feature extractor: image in [0, 1] -> {point: (B, C, H, W) feature map}.
 
-    `mode='eval'` pins BatchNorm/Dropout to inference behaviour even when a parent module calls
-    `.train()` (the reference implementation let its trainers flip it, a confound); `mode='train'` follows
-    the parent, to reproduce that behaviour on purpose.
+    Each point's output is viewed in (B, C, H, W) form by its `layouts` entry (NHWC permuted, tokens on
+    their grid without the class token, vectors as 1x1 maps: `trainables.feature_layout`). `resize_to`
+    resizes the input first (bilinear, antialiased); `fixed_size` is the one side a fixed-size network takes,
+    checked before the network runs. `mode='eval'` pins BatchNorm/Dropout to inference behaviour even when a
+    parent module calls `.train()` (the reference implementation let its trainers flip it, a confound);
+    `mode='train'` follows the parent, to reproduce that behaviour on purpose.
     """
 
     def __init__(
         self, name: str, points: tuple[str, ...], body: nn.Module, normalisation: str, mode: str,
-        channels_last: bool = False,
+        channels_last: bool = False, layouts: dict[str, FeatureLayout] | None = None,
+        resize_to: int | None = None, fixed_size: int | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -358,6 +403,9 @@ class LossNetwork(nn.Module):
         self.body = body.to(memory_format=torch.channels_last) if channels_last else body
         self.mode = mode
         self.normalisation = normalisation
+        self.layouts = layouts or {p: FeatureLayout("NCHW") for p in points}
+        self.resize_to = resize_to
+        self.fixed_size = fixed_size
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -377,17 +425,19 @@ class LossNetwork(nn.Module):
             # `train()` is not the only way in: copy.deepcopy of an FX GraphModule comes back in training
             # mode, and so would any other path that rebuilds the body; the pin must hold for all of them.
             self.body.eval()
+        if self.resize_to is not None and tuple(x.shape[-2:]) != (self.resize_to, self.resize_to):
+            x = nn.functional.interpolate(x, size=(self.resize_to,) * 2, mode="bilinear", align_corners=False,
+                                          antialias=True)
+        height, width = x.shape[-2:]
+        if self.fixed_size is not None and (height, width) != (self.fixed_size, self.fixed_size):
+            raise LossNetworkError(
+                f"{self.name} takes {self.fixed_size}x{self.fixed_size} px input only, not {height}x{width}: "
+                + RESIZE_HINT.format(size=self.fixed_size)
+            )
         if self.normalisation == "imagenet":
             x = (x - self.mean) / self.std
         out = self.body(x)
-        return {p: out[p] for p in self.points}
-
-
-#: Families whose graphs up to any point are convolutions, norms, pools, concatenations and additions,
-#: so they run unchanged on channels_last activations (tested against NCHW at every point). Others (e.g.
-#: ShuffleNet's channel shuffle, ViT/Swin reshapes) `.view` activations and stay NCHW under "auto".
-CHANNELS_LAST_FAMILIES = frozenset({e.family for e in REGISTRY.values()})
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+        return {p: self.layouts[p].to_nchw(out[p], height, width) for p in self.points}
 
 
 def uses_channels_last(name: str, memory_format: str = "auto") -> bool:
@@ -408,16 +458,23 @@ def build_loss_network(
     seed: int = 0,
     memory_format: str = "auto",
     fold_batchnorm: bool | None = None,
+    resize: str = "off",
 ) -> LossNetwork:
-    """Frozen extractor of `points` of `name`, pruned after the deepest one.
+    """Frozen extractor of `points` of `name`, pruned after the deepest one, each point in (B, C, H, W).
 
     `memory_format`: "auto" (channels_last for the paper's convolutional families, NCHW otherwise),
     "channels_last" or "contiguous". `fold_batchnorm` (default: when `mode="eval"`): fold each eval-mode
     BatchNorm into the convolution before it; same function, one memory pass less per BN layer. Pass
-    False when the trunk itself will be trained (the fold changes its parametrisation).
+    False when the trunk itself will be trained (the fold changes its parametrisation). `resize`: `off`,
+    `auto` (a fixed-size network's own side) or a side in pixels the input is resized to.
     """
     check_network(name)
     pts = check_points(name, resolve_points(name, points))
+    resize = resize_setting(resize)
+    fixed = fixed_input_size(name, weights)
+    resize_to = int(resize) if resize.isdigit() else fixed if resize == "auto" else None
+    if fixed is not None and resize_to not in (None, fixed):
+        network_input_size(name, weights, resize_to, resize)  # the one-line error, before building anything
     if weights == "random":
         body = _random_extractor(name, pts, seed, uses_transform_input(name, weights, transform_input))
     else:
@@ -425,10 +482,32 @@ def build_loss_network(
         if name in TRANSFORM_INPUT_NETWORKS:
             model.transform_input = uses_transform_input(name, weights, transform_input)
         model.eval()
-        body = feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in pts})
+        body = extractor(model, pts)
     if mode == "eval" if fold_batchnorm is None else fold_batchnorm:
         body = fold_batchnorms(body)
-    return LossNetwork(name, pts, body, normalisation, mode, channels_last=uses_channels_last(name, memory_format))
+    return LossNetwork(name, pts, body, normalisation, mode, channels_last=uses_channels_last(name, memory_format),
+                       layouts={p: point_layout(name, p) for p in pts}, resize_to=resize_to, fixed_size=fixed)
+
+
+def extractor(model: nn.Module, points: tuple[str, ...]) -> feature_extraction.DualGraphModule:
+    """torchvision's feature extractor of `points`, pruned after the deepest one, shape asserts included.
+
+    `create_feature_extractor` keeps every `torch._assert` node (FX treats it as a side effect), and with it
+    everything it reads: ViT asserts each encoder block's input rank, so a point in block 3 paid for all 12
+    blocks. The asserts check shapes the input-size check (`network_input_size`) has already fixed; without
+    them dead-code elimination prunes as for any other network.
+    """
+    body = feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in points})
+    asserts = [n for g in (body.train_graph, body.eval_graph) for n in g.nodes
+               if n.op == "call_function" and n.target is torch._assert]
+    if not asserts:
+        return body
+    for node in asserts:
+        node.graph.erase_node(node)
+    for graph in (body.train_graph, body.eval_graph):
+        graph.eliminate_dead_code()
+    pruned = feature_extraction.DualGraphModule(model, body.train_graph, body.eval_graph, type(body).__name__)
+    return pruned.train(body.training)
 
 
 def fold_batchnorms(body: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -453,32 +532,23 @@ def fold_batchnorms(body: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return body
 
 
-#: Buffers a meta-built model may hold for the fast random path; any other buffer (Swin's relative
-#: position index, say) is computed in __init__ and would be lost by `to_empty`.
-_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _meta_model(name: str) -> nn.Module:
-    with torch.device("meta"):
-        return _construct(name, pretrained_layout=True).eval()
-
-
 def _random_extractor(name: str, points: tuple[str, ...], seed: int, transform_input: bool) -> nn.Module:
-    """A randomly initialised extractor that only ever allocates and initialises the kept layers.
+    """A randomly initialised extractor.
 
-    Initialising a whole VGG (120M classifier weights that pruning throws away) takes seconds; building on
-    the meta device, pruning, then initialising the rest takes milliseconds. Each module's draw is seeded
-    by (seed, module name), so a layer gets the same weights whichever points are requested.
+    The paper's families: only the kept layers are ever allocated and initialised (`seeded_init`, the
+    scheme torchvision uses for them). Initialising a whole VGG (120M classifier weights that pruning
+    throws away) takes seconds; building on the meta device, pruning, then initialising the rest takes
+    milliseconds. Each module's draw is seeded by (seed, module name), so a layer gets the same weights
+    whichever points are requested. Other families (LayerScale, class tokens, position tables, computed
+    buffers) get torchvision's own initialisation, seeded, of the whole network.
     """
+    if family_of(name) not in PAPER_FAMILIES:
+        model = build_classifier(name, "random", seed).eval()
+        return extractor(model, points)
     model = _meta_model(name)
-    if any(n.rsplit(".", 1)[-1] not in _NORM_STATS for n, _ in model.named_buffers()):
-        model = build_classifier(name, "random", seed).eval()  # computed buffers: take the slow, safe path
-        if name in TRANSFORM_INPUT_NETWORKS:
-            model.transform_input = transform_input
-        return feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in points})
     if name in TRANSFORM_INPUT_NETWORKS:
         model.transform_input = transform_input
-    body = feature_extraction.create_feature_extractor(model, return_nodes={p: p for p in points})
+    body = extractor(model, points)
     body.to_empty(device="cpu")
     seeded_init(body, seed)
     return body
@@ -517,81 +587,109 @@ def build_from_config(config: Any, fold_batchnorm: bool | None = None) -> LossNe
         transform_input=config.transform_input,
         seed=config.seed,
         fold_batchnorm=fold_batchnorm,
+        resize=getattr(config, "resize", "off"),
     )
 
 
 # ---------------------------------------------------------------------------------------- metadata
 
 
-def _count_flops(module: nn.Module, x: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+@functools.lru_cache(maxsize=8)
+def _sized_run(name: str, size: int) -> feature_layout.Trace:
+    """The whole graph run once on a meta image of `size` px, with each node's output and FLOPs (torch's
+    FlopCounterMode: 2 per multiply-add, convolutions and matmuls); a fixed-size network is built for it."""
+    layouts = graph_layouts(name)
+    if family_of(name) not in FIXED_SIZE_KEYWORD or size == layouts.traced.size:
+        return feature_layout.rerun(layouts.traced, size, 1, count_flops=True)
+    try:  # shapes, params and FLOPs need no weights
+        model = _meta_model(name, size)
+    except (AssertionError, ValueError) as exc:
+        raise LossNetworkError(f"{name} cannot be built for {size} px input ({exc}); use 224") from exc
+    return feature_layout.trace(model, size, 1, count_flops=True)
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module(x)
-    return int(counter.get_total_flops())
+
+def _cost_to(run: feature_layout.Trace, node_name: str) -> tuple[int, int]:
+    """(parameters, FLOPs) of the graph pruned after `node_name`: the node and its ancestors, which is what
+    dead-code elimination keeps once the shape asserts are gone (`extractor`)."""
+    seen, stack, flops, params = set(), [run.node(node_name)], 0, {}
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        flops += run.flops.get(run.qualname.get(node, ""), 0)
+        if node.op == "call_module":
+            params.update({id(p): p.numel() for p in run.module.get_submodule(node.target).parameters()})
+        elif node.op == "get_attr":
+            attr = functools.reduce(getattr, node.target.split("."), run.module)
+            if isinstance(attr, nn.Parameter):
+                params[id(attr)] = attr.numel()
+        stack.extend(node.all_input_nodes)
+    return sum(params.values()), flops
 
 
 @functools.cache
 def point_metadata(name: str, point: str, input_size: int = 224) -> dict[str, Any]:
     """Derived facts about one extraction point (random weights; nothing downloaded).
 
-    FLOPs count multiply-adds as 2 (torch's FlopCounterMode convention) for one image at `input_size`.
+    FLOPs count multiply-adds as 2 (torch's FlopCounterMode convention) for one image at `input_size`
+    (a fixed-size network is built for that size). `feature_shape` is (C, H, W) of the map the distances
+    see, `feature_layout` how the network itself lays it out (`trainables.feature_layout`).
     """
     check_network(name)
     check_points(name, (point,))
-    model = _meta_model(name)  # shapes, parameter counts and FLOPs need no real weights
-    if name in TRANSFORM_INPUT_NETWORKS:
-        model.transform_input = False
-    body = feature_extraction.create_feature_extractor(model, return_nodes={point: point})
-    x = torch.zeros(1, 3, input_size, input_size, device="meta")
+    layout = point_layout(name, point)
     try:
-        with torch.no_grad():
-            shape = tuple(body(x)[point].shape[1:])
-        flops = _count_flops(body, x)
-    except RuntimeError as exc:
+        run = _sized_run(name, input_size)
+        params, flops = _cost_to(run, resolve_node(name, point))  # type: ignore[arg-type]
+        shape = tuple(layout.to_nchw(run.values[resolve_node(name, point)], input_size, input_size).shape[1:])
+    except (RuntimeError, ValueError) as exc:
         raise LossNetworkError(
             f"{name}:{point} cannot run at {input_size}x{input_size} px ({str(exc).splitlines()[0]}); "
             f"use a larger input (minimum for {name}: {min_size(name)} px)"
         ) from exc
-    entry = REGISTRY.get(name)
+    row = entry(name)
     return {
         "network": name,
         "point": point,
-        "position": entry.points.index(point) + 1 if entry and point in entry.points else None,
+        "position": row.points.index(point) + 1 if row and point in row.points else None,
         "family": family_of(name),
-        "batch_norm": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+        "batch_norm": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in run.module.modules()),
         "relative_depth": round(relative_depth(name, point), 4),
-        "params_to_point": sum(p.numel() for p in body.parameters()),
+        "params_to_point": params,
         "gflops_to_point": round(flops / 1e9, 4),
         "input_size": input_size,
         "feature_shape": list(shape),
+        "feature_layout": layout.describe(input_size),
         "imagenet_top1": imagenet_top1(name),
         "min_size": min_size(name),
     }
 
 
-def min_size(name: str) -> int:
-    sizes = [m.get("min_size", (1, 1))[0] for m in weight_sets(name).values()]
-    return max(sizes) if sizes else 1
-
-
 def network_metadata(name: str) -> dict[str, Any]:
-    entry = REGISTRY.get(name)
+    row = entry(name)
     return {
         "network": name,
         "family": family_of(name),
-        "paper": entry is not None,
-        "points": list(entry.points) if entry else [],
-        "reference_indices": list(entry.reference_indices) if entry else [],
+        "paper": name in REGISTRY,
+        "extended": name in EXTENDED,
+        "points": list(row.points) if row else [],
+        "reference_indices": list(row.reference_indices) if row and row.reference_indices else [],
         "imagenet_top1": imagenet_top1(name),
         "min_size": min_size(name),
+        "fixed_size": fixed_input_size(name, "random"),
         "transform_input": name in TRANSFORM_INPUT_NETWORKS,
     }
 
 
+#: Part of the metadata cache's file name: bumped when what `point_metadata` returns changes (2: the
+#: (C, H, W) `feature_shape` of every layout and `feature_layout`), so no stale entry is ever read.
+METADATA_VERSION = 2
+
+
 def _metadata_cache_file() -> Path:
     root = Path(os.environ.get("DPL_CACHE_DIR", Path.home() / ".cache" / "dpl"))
-    return root / f"point_metadata-tv{torchvision.__version__}.json"
+    return root / f"point_metadata-v{METADATA_VERSION}-tv{torchvision.__version__}.json"
 
 
 def cached_point_metadata(name: str, point: str, input_size: int = 224) -> dict[str, Any]:

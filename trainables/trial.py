@@ -86,7 +86,10 @@ def prepare(config: TrialConfig) -> TrialConfig:
         task.check_params(params)
     config = config.replace(dataset=dataset, points=points, params=params)
     # a task may pin settings its variants imply (similarity `scratch` -> random weights)
-    return task.resolve_config(config) if hasattr(task, "resolve_config") else config
+    config = task.resolve_config(config) if hasattr(task, "resolve_config") else config
+    if config.network != NO_NETWORK:  # a fixed-size network (ViT, MaxViT) at another size fails here, in one line
+        ln.network_input_size(config.network, config.weights, task.input_size(config), config.resize)
+    return config
 
 
 def pick_device(setting: str) -> torch.device:
@@ -118,7 +121,7 @@ def provenance(config: TrialConfig) -> dict[str, Any]:
     if config.network == NO_NETWORK:
         return {**info, **BASELINE_INFO}
     task = task_module(config.task)
-    size = task.input_size(config)
+    size = ln.network_input_size(config.network, config.weights, task.input_size(config), config.resize)
     enum_name = ln.weights_enum_name(config.network, config.weights)
     top1 = ln.imagenet_top1(config.network)
     info.update(
@@ -131,9 +134,11 @@ def provenance(config: TrialConfig) -> dict[str, Any]:
         family=ln.family_of(config.network),
         input_size=size,
     )
-    entry = ln.REGISTRY.get(config.network)
-    if len(config.points) == 1:
-        meta = ln.cached_point_metadata(config.network, config.points[0], size)
+    metas = [ln.cached_point_metadata(config.network, point, size) for point in config.points]
+    # how the network lays out each point's map before it is viewed as (B, C, H, W); "+" joins fused points
+    info["feature_layout"] = "+".join(m["feature_layout"] for m in metas)
+    if len(metas) == 1:
+        meta = metas[0]
         info.update(
             position=meta["position"],
             relative_depth=meta["relative_depth"],
@@ -142,7 +147,7 @@ def provenance(config: TrialConfig) -> dict[str, Any]:
             gflops_to_point=meta["gflops_to_point"],
             feature_shape="x".join(map(str, meta["feature_shape"])),
         )
-    elif entry is not None:
+    elif ln.entry(config.network) is not None:
         info["position"] = None
     return info
 
