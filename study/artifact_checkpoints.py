@@ -122,6 +122,11 @@ class RunCheckpoints:
         self.listed = [(p, n) for p, n in self.listed if p not in gone]
         return len(gone)
 
+    def discard(self) -> int:
+        """Delete every version (after the pointer tag is gone); returns how many went."""
+        self._read()
+        return self.committed("")
+
     def upload(self, src: Path) -> str:
         """Stage `src`, then point the run's tag at it (the commit point), then delete the older versions."""
         path = self.stage(src)
@@ -188,6 +193,6 @@ def carry_over(client: Any, runs: dict[str, Any], study_dir: Path, mode: str) ->
             with tempfile.TemporaryDirectory(prefix="dpl-carry-") as tmp:
                 store_checkpoint(download(client, run_id, Path(tmp)), local)
             client.delete_tag(run_id, POINTER_TAG)
-            delete_older(client, run_id, keep="")
+            RunCheckpoints(client, run_id).discard()
         moved += 1
     return moved

@@ -161,5 +161,5 @@ class _NoTracking:
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         pass
 
-    def log_batch(self, run_id: str, metrics: list) -> None:
+    def log_batch(self, run_id: str, metrics: list, tags: list = ()) -> None:
         pass

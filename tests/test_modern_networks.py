@@ -17,6 +17,7 @@ from study.cli import main
 from trainables import loss_networks as ln
 from trainables.config import ConfigError, TrialConfig, trial_key
 from trainables.distances import feature_channels
+from trainables.network_registry import resolve_points
 
 
 @pytest.mark.parametrize("name, points", [
@@ -187,8 +188,10 @@ def test_networks_lists_the_extended_set_with_layouts_costs_and_every_weight_set
 def test_vit_is_pruned_after_its_point() -> None:
     """torchvision's extractor keeps ViT's per-block shape asserts and with them every block; ours drops
     them, so p1 (block 3 of 12) holds the patch embedding and 3 blocks, as its metadata says."""
-    meta = ln.point_metadata("vit_b_32", "p1", 224)
-    net = ln.build_loss_network("vit_b_32", ["p1"], weights="random")
+    (p1,) = resolve_points("vit_b_32", ["p1"])
+    assert p1 == "encoder.layers.encoder_layer_2"
+    meta = ln.point_metadata("vit_b_32", p1, 224)
+    net = ln.build_loss_network("vit_b_32", [p1], weights="random")
     vit = torchvision.models.vit_b_32()
     by_hand = sum(t.numel() for m in (vit.conv_proj, *list(vit.encoder.layers)[:3]) for t in m.parameters())
     by_hand += vit.class_token.numel() + vit.encoder.pos_embedding.numel()
@@ -211,3 +214,12 @@ def test_feature_layout_is_recorded_with_every_trial(tmp_path: Path) -> None:
     assert info("vgg16", "p1")["feature_layout"] == "NCHW"
     with pytest.raises(ln.LossNetworkError, match="takes 224x224 px input only, not 64x64"):
         info("vit_b_16", "p2")
+
+
+def test_an_early_point_is_measured_at_a_size_the_whole_network_cannot_take() -> None:
+    """At 32 px AlexNet's last pool gets a 1x1 map and fails; features.1 (11x11 conv, stride 4, pad 2 on 32
+    px: (32 + 4 - 11) // 4 + 1 = 7) comes before it and is still measured; features.12 is one line."""
+    side = (32 + 4 - 11) // 4 + 1
+    assert ln.point_metadata("alexnet", "features.1", 32)["feature_shape"] == [64, side, side]
+    with pytest.raises(ln.LossNetworkError, match=r"alexnet:features.12 cannot run at 32x32 px.*minimum"):
+        ln.point_metadata("alexnet", "features.12", 32)

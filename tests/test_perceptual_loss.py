@@ -151,7 +151,7 @@ def _run(task: str, network: str, point: str, value: float, **params: str) -> di
     return {"params": {**base, **params}, "tags": tags, "metrics": {metric: value}}
 
 
-def test_recommend_prints_the_line_that_builds_the_top_pick(tmp_path, checkpoints, capsys) -> None:
+def test_recommend_prints_the_line_that_builds_the_top_pick(tmp_path, checkpoints, capsys, monkeypatch) -> None:
     """`dpl recommend` names the top pick as a `PerceptualLoss(...)` line (text and JSON) that, exec'd, builds
     that very network, point, distance, weights and normalisation (seeded ImageNet file in the hub cache)."""
     from mlflow.tracking import MlflowClient
@@ -171,7 +171,7 @@ def test_recommend_prints_the_line_that_builds_the_top_pick(tmp_path, checkpoint
         _run("similarity", "alexnet", "features.1", 0.70),
     ])
     state = seeded_state("squeezenet1_1", 3)
-    put_in_cache(checkpoints, "squeezenet1_1", "IMAGENET1K_V1", state)
+    put_in_cache(checkpoints, "squeezenet1_1", "IMAGENET1K_V1", state, monkeypatch)
 
     assert main(["recommend", "--tracking-uri", uri, "--experiment", "pick", "--task", "superres"]) == 0
     text = capsys.readouterr().out

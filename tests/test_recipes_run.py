@@ -17,7 +17,7 @@ import torchvision
 from study import tracking
 from study.cli import main
 from test_study import dpl, toy_task, write_spec  # noqa: F401 - toy_task: autouse fixture (DPL_TASKS)
-from test_weights_offline import checkpoints, put_in_cache, seeded_state  # noqa: F401 - fixture
+from test_weights_offline import checkpoints, put_in_cache, seeded_state, urls_for_child_processes  # noqa: F401
 
 RECIPES = ["IMAGENET1K_V1", "IMAGENET1K_V2"]
 
@@ -39,9 +39,10 @@ def test_a_recipe_axis_plans_one_trial_per_recipe(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow  # 223 s measured at load average ~30 on 2 cores: Ray start, two trials, the analysis
-def test_a_recipe_axis_runs_and_every_run_records_its_recipe(tmp_path, checkpoints) -> None:  # noqa: F811
+def test_a_recipe_axis_runs_and_every_run_records_its_recipe(tmp_path, checkpoints, monkeypatch) -> None:  # noqa: F811
     for i, ws in enumerate(RECIPES):
-        put_in_cache(checkpoints, "resnet50", ws, seeded_state("resnet50", 20 + i))
+        put_in_cache(checkpoints, "resnet50", ws, seeded_state("resnet50", 20 + i), monkeypatch)
+    urls_for_child_processes([("resnet50", ws) for ws in RECIPES], tmp_path / "site", monkeypatch)
     study_dir = tmp_path / "study"
     run = dpl("run", str(recipe_spec(tmp_path)), "--storage", str(study_dir))
     assert run.returncode == 0, run.stderr[-3000:]

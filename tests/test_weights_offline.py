@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import pathlib
 import time
 from collections.abc import Iterator
@@ -74,6 +75,18 @@ def put_in_cache(hub: Path, name: str, weights: str, state: dict[str, torch.Tens
     """Save `state` where torchvision looks for `name`'s `weights` under the name it would give the file,
     `<name>-<sha256 prefix>.pth`, and point the weight set's URL at that name."""
     return put_bytes_in_cache(hub, name, weights, _saved(state), monkeypatch)
+
+
+def urls_for_child_processes(entries: list[tuple[str, str]], site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URLs `put_in_cache` patched, for `dpl` run as a subprocess and its Ray workers too: a
+    `sitecustomize` on PYTHONPATH (which they inherit) sets each (network, weight set) URL at start-up."""
+    site.mkdir(parents=True, exist_ok=True)
+    lines = ["import torchvision"]
+    for name, weights in entries:
+        url = torchvision.models.get_model_weights(name)[weights].url
+        lines.append(f"torchvision.models.get_model_weights({name!r})[{weights!r}].value.url = {url!r}")
+    (site / "sitecustomize.py").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
 
 
 def put_bytes_in_cache(hub: Path, name: str, weights: str, data: bytes, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -114,6 +114,9 @@ class Trace:
     qualname: dict[fx.Node, str]
     values: dict[str, Any]
     flops: dict[str, int]
+    #: Why the run stopped early, at a node too small for what is left of the input (AlexNet's last pool
+    #: at 32 px): `values` holds every node before it, so an earlier point is still measured.
+    stopped: str | None = None
 
     @property
     def root(self) -> nn.Module:
@@ -157,13 +160,16 @@ def trace(model: nn.Module, size: int, batch: int, count_flops: bool = False) ->
 
 def rerun(traced: Trace, size: int, batch: int, count_flops: bool = False) -> Trace:
     """The same graph run on another meta input (a network that takes any size needs no second trace)."""
-    recorder = _Recorder(traced.module, count_flops)
+    recorder, stopped = _Recorder(traced.module, count_flops), None
     with torch.no_grad():
-        recorder.run(torch.zeros(batch, 3, size, size, device="meta"))
+        try:
+            recorder.run(torch.zeros(batch, 3, size, size, device="meta"))
+        except (RuntimeError, ValueError) as exc:  # nodes run in graph order: all before this one are kept
+            stopped = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     named = traced.qualname
     return Trace(size, batch, traced.module, named,
                  {named[n]: v for n, v in recorder.outputs.items() if n in named},
-                 {named[n]: f for n, f in recorder.flops.items() if n in named})
+                 {named[n]: f for n, f in recorder.flops.items() if n in named}, stopped)
 
 
 def analyse(model_a: nn.Module, model_b: nn.Module, size: int) -> GraphLayouts:
@@ -171,6 +177,9 @@ def analyse(model_a: nn.Module, model_b: nn.Module, size: int) -> GraphLayouts:
     copy built for 2*size where the network is fixed-size) traced at 2*size."""
     a = trace(model_a, size, batch=2)
     b = trace(model_b, 2 * size, batch=3)
+    for t in (a, b):
+        if t.stopped:
+            raise RuntimeError(f"the graph does not run at {t.size} px: {t.stopped}")
     nodes = tuple(a.qualname.values())
     missing = [n for n in nodes if n not in b.values]
     if missing:

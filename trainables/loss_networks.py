@@ -641,6 +641,8 @@ def point_metadata(name: str, point: str, input_size: int = 224) -> dict[str, An
     layout = point_layout(name, point)
     try:
         run = _sized_run(name, input_size)
+        if resolve_node(name, point) not in run.values:
+            raise RuntimeError(run.stopped or "the point was not reached")
         params, flops = _cost_to(run, resolve_node(name, point))  # type: ignore[arg-type]
         shape = tuple(layout.to_nchw(run.values[resolve_node(name, point)], input_size, input_size).shape[1:])
     except (RuntimeError, ValueError) as exc:

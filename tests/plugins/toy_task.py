@@ -56,7 +56,7 @@ def run(config, reporter):
         if p["kill_at_epoch"] == epoch and config.data_root and not marker.exists():
             marker.write_text("x")
             os.kill(os.getpid(), signal.SIGKILL)
-        metrics = {"train/loss": float(loss)}
+        metrics = {"train/loss": float(loss.detach())}
         if epoch == p["epochs"]:
             metrics.update(score=-float(loss), final_loss=float(loss))
         with staged_checkpoint({"gain": gain.detach().clone(), "epoch": epoch}) as d:
