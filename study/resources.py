@@ -164,6 +164,11 @@ DEFAULT_EFFICIENCY = 0.35
 DEFAULT_GPU_TFLOPS = 19.5
 
 
+def trials_per_gpu(fraction: float) -> int:
+    """How many trials of this share one GPU holds at once."""
+    return math.floor(1 / fraction + 1e-9)
+
+
 def gpu_hours(task: str, gflops: float | None, tflops: float) -> float | None:
     """GPU-hours of `gflops` of training at the task's measured efficiency x the GPU's peak. Packing trials
     on a GPU changes the wall clock, not this: a compute-bound GPU shared by n trials runs each at ~1/n."""
@@ -204,8 +209,9 @@ def packing_report(spec: StudySpec, configs: list[TrialConfig], rows: list[dict[
     for (task, dataset), values in estimates.items():
         per_task[task][dataset]["estimate_gib"] = {"min": min(values), "median": statistics.median(values),
                                                    "max": max(values)}
-        per_task[task][dataset]["fractions"] = dict(sorted(per_task[task][dataset]["fractions"].items(),
-                                                           key=lambda kv: float(kv[0])))
+        fractions = dict(sorted(per_task[task][dataset]["fractions"].items(), key=lambda kv: float(kv[0])))
+        per_task[task][dataset]["fractions"] = fractions
+        per_task[task][dataset]["trials_per_gpu"] = {f: trials_per_gpu(float(f)) for f in fractions}
     return {
         "gpu_memory_gb": size, "steps": GPU_STEPS, "margin": {"factor": MARGIN_FACTOR, "fixed_gib": MARGIN_FIXED_GIB},
         "per_task": per_task, "gpu_hours": total_hours, "does_not_fit": misfits,
@@ -218,21 +224,23 @@ def packing_report(spec: StudySpec, configs: list[TrialConfig], rows: list[dict[
 
 def format_packing(memory: dict[str, Any]) -> list[str]:
     """The text lines of `packing_report` for `dpl plan`."""
+    width = 58
     lines = [f"GPU packing on {memory['gpu_memory_gb']:g} GiB GPUs (resources.gpu: auto):",
              f"{'task':<12} {'dataset':<11} {'trials':>6}  {'estimate GiB min / median / max':>31}  "
-             f"{'fraction x trials (trials per GPU)':<44} {'GPU-hours':>9}"]
+             f"{'trials @ share of a GPU (trials per GPU)':<{width}} {'GPU-hours':>9}"]
     for task, per_ds in memory["per_task"].items():
         for ds, cell in per_ds.items():
             est = cell["estimate_gib"]
-            shares_text = ", ".join(f"{f} x {n} ({int(round(1 / float(f)))}/GPU)" for f, n in cell["fractions"].items())
+            shares_text = ", ".join(f"{n} @{round(float(f) * GPU_STEPS)}/{GPU_STEPS} ({trials_per_gpu(float(f))}/GPU)"
+                                    for f, n in cell["fractions"].items())
             if cell["does_not_fit"]:
                 shares_text += f"{', ' if shares_text else ''}{cell['does_not_fit']} fit no GPU"
             hours = "n/a" if cell["gpu_hours"] is None else f"{cell['gpu_hours']:.1f}"
-            lines.append(f"{task:<12} {ds:<11} {cell['trials']:>6}  "
-                         f"{est['min']:>9.2f} / {est['median']:>6.2f} / {est['max']:>6.2f}      {shares_text:<44} {hours:>9}")
+            lines.append(f"{task:<12} {ds:<11} {cell['trials']:>6}  {est['min']:>9.2f} / {est['median']:>6.2f} / "
+                         f"{est['max']:>6.2f}      {shares_text:<{width}} {hours:>9}")
     total = "n/a" if memory["gpu_hours"] is None else f"{memory['gpu_hours']:.1f}"
     lines.append(f"{'total':<12} {'':<11} {sum(c['trials'] for d in memory['per_task'].values() for c in d.values()):>6}"
-                 f"  {'':>31}  {'':<44} {total:>9}")
+                 f"  {'':>31}  {'':<{width}} {total:>9}")
     eff = ", ".join(f"{k} {v:g}" for k, v in memory["rate"]["efficiency"].items())
     lines.append(f"({memory['note']}; efficiencies: {eff})")
     for message in memory["does_not_fit"]:

@@ -110,6 +110,10 @@ class LiveBytes(TorchDispatchMode):
         weakref.finalize(storage, self._release, record)
         self._update_peak()
 
+    def reset_peak(self) -> None:
+        """Start the peak again from what is alive now."""
+        self.peak, self.at_peak = sum(self.live.values()), dict(self.live)
+
     def _release(self, record: list[Any]) -> None:
         self.live[record[0]] -= record[1]
 
@@ -196,8 +200,7 @@ def estimate_uncached(config: TrialConfig) -> dict[str, Any]:
         with counter:
             _warm_up(step)
             _count_persistent(counter, step)
-            counter.peak, counter.at_peak = 0, dict(counter.live)  # the warm-up itself is not a trial's step
-            counter._update_peak()
+            counter.reset_peak()  # the warm-up's own temporaries are not a trial's step
             step.run()
             _count_persistent(counter, step)
             if step.evaluation is not None:

@@ -363,7 +363,6 @@ def training_step(config: TrialConfig, device: torch.device) -> TrainingStep:
     model, optimizer = build_model(p, device)
     crop, side = p["crop_size"], p["test_resize"] or roads.TILE_SIZE
     img, label = torch.rand(p["batch_size"], 3, crop, crop, device=device), torch.rand(p["batch_size"], 1, crop, crop, device=device)
-    tile, tile_label = torch.rand(3, side, side, device=device), torch.rand(1, side, side, device=device)
 
     def train() -> dict[str, torch.Tensor]:
         model.train()
@@ -372,13 +371,14 @@ def training_step(config: TrialConfig, device: torch.device) -> TrainingStep:
         return train_step(model, loss_net, optimizer, img, label, p["mu"])
 
     @torch.no_grad()
-    def validate() -> dict[str, torch.Tensor]:
+    def validate() -> dict[str, torch.Tensor]:  # a tile is loaded after training: made (and counted) here
         model.eval()
         if loss_net is not None:
             loss_net.eval()
+        tile, tile_label = torch.rand(3, side, side, device=device), torch.rand(1, side, side, device=device)
         return tile_forward(model, loss_net, tile, tile_label, p["mu"], max(p["k_train"], p["k_test"]))[1]
 
-    return TrainingStep(train, (model, loss_net), (img, label, tile, tile_label), optimizer, evaluation=validate)
+    return TrainingStep(train, (model, loss_net), (img, label), optimizer, evaluation=validate)
 
 
 def is_better(value: float, best: float, direction: str) -> bool:

@@ -199,15 +199,14 @@ def training_step(config: TrialConfig, device: torch.device) -> TrainingStep:
     def triplets(n: int) -> tuple[torch.Tensor, ...]:
         return tuple(torch.rand(n, 3, p["image_size"], p["image_size"], device=device) for _ in range(3))
 
-    evaluation_batch = triplets(p["eval_batch_size"])
-
     @torch.no_grad()
-    def evaluate_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate_batch(batch: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         dist.eval()
-        return triplet_distances(dist, *evaluation_batch)
+        return triplet_distances(dist, *(batch or triplets(p["eval_batch_size"])))
 
     if config.variant == "baseline":
-        return TrainingStep(evaluate_batch, (dist,), evaluation_batch, batch_setting="eval_batch_size")
+        batch = triplets(p["eval_batch_size"])
+        return TrainingStep(lambda: evaluate_batch(batch), (dist,), batch, batch_setting="eval_batch_size")
     head, opt = build_training(dist, train_trunk, p, device)
     batch, judge = triplets(p["batch_size"]), torch.rand(p["batch_size"], device=device)
     bce = nn.BCELoss()
@@ -217,7 +216,8 @@ def training_step(config: TrialConfig, device: torch.device) -> TrainingStep:
         head.train()
         return train_step(dist, head, opt, bce, *batch, judge)[0]
 
-    return TrainingStep(train, (dist, head), (*batch, judge, *evaluation_batch), opt, evaluation=evaluate_batch)
+    # the evaluation batch is loaded after training, so it is made (and counted) in that phase
+    return TrainingStep(train, (dist, head), (*batch, judge), opt, evaluation=evaluate_batch)
 
 
 def train_epoch(dist: PerceptualDistance, head: LogitHead, opt: torch.optim.Optimizer, loader: DataLoader,
