@@ -77,6 +77,21 @@ def test_estimate_grows_with_the_batch_and_counts_what_a_step_keeps() -> None:
     assert a["optimizer"] == 2 * sr_params + 4 * len(list(sr.parameters()))  # exp_avg, exp_avg_sq, step
     assert a["inputs"] == 2 * 3 * 64 * 64 * 4 and b["inputs"] == 2 * a["inputs"]
     assert b["activations"] == pytest.approx(2 * a["activations"], rel=0.05)
+    # at the peak (backward starting), what autograd saved in the forward is alive: counted by autograd's
+    # own saved-tensor hooks on a real CPU step (parameters and the batch aside, they have their categories)
+    step = memory.training_step(small, "cpu")
+    own = {t.untyped_storage().data_ptr() for m in memory._modules(step) for t in (*m.parameters(), *m.buffers())}
+    own |= {t.untyped_storage().data_ptr() for t in step.inputs}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in own:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step.run()
+    assert sum(saved.values()) > 1e6 and a["activations"] >= 0.9 * sum(saved.values()), (a, sum(saved.values()))
     assert a["with_margin_bytes"] == int(a["total_bytes"] * memory.MARGIN_FACTOR + memory.MARGIN_FIXED_GIB * GIB)
 
 

@@ -59,8 +59,8 @@ from trainables.tasks import TrainingStep, task_module
 GIB = 2**30
 #: Margin for what the estimate leaves out (see the module docstring): per process, the CUDA context and
 #: cuDNN workspaces; in proportion, the caching allocator's rounding and fragmentation. Assumed, not yet
-#: measured on a GPU (docs/BENCHMARKS.md, Memory); bench/gpu_check.sh compares them with
-#: torch.cuda.max_memory_reserved.
+#: measured on a GPU (docs/benchmarks/memory.md); `bench/memory_estimate.py --device cuda --full-batch`
+#: compares them with torch.cuda.max_memory_reserved and the device's used memory.
 MARGIN_FIXED_GIB = 1.0
 MARGIN_FACTOR = 1.25
 #: The categories of an estimate, in the order they are shown.
