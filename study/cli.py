@@ -272,6 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ray_address=args.address,
         checkpoints=args.checkpoints,
         verbose=args.verbose,
+        gpu_memory=args.gpu_memory,
     )
 
 
@@ -287,10 +288,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """The resolved trials, counts and compute of a study, without Ray, MLflow or writing anything."""
     from study.plan import format_report, plan_report
+    from study.resources import use_gpu_memory
     from study.spec import load_spec
 
     spec = load_spec(args.spec, preset=args.preset, overrides=args.set, storage=args.storage, data_root=args.data_root)
-    report = plan_report(spec, compute=not args.no_compute)
+    use_gpu_memory(spec, args.gpu_memory)
+    report = plan_report(spec, compute=not args.no_compute, gpu_tflops=args.gpu_tflops)
     _print_json(report) if args.json else print(format_report(report))
     return 0
 
@@ -378,6 +381,8 @@ def _add_network_flags(p: argparse.ArgumentParser, required: bool = True) -> Non
 VERBOSE_HELP = ("also show Ray's own log lines, Ray Tune's status tables and the trials' own output (tracebacks "
                 "included); default: one line per trial event and a progress line")
 
+GPU_MEMORY_HELP = ("memory of one GPU in GiB (e.g. 24, 40, 80): each trial asks for the smallest 1/8 of it that holds "
+                   "its memory estimate plus margin (resources.gpu: auto)")
 #: = study.spec.PRESETS, spelled out so that parsing stays import-free
 PRESETS = ("smoke", "quick", "paper", "corrected")
 
@@ -464,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_flags(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite store inside the study directory)")
     p.add_argument("--gpus-per-trial", type=float, help="fraction of a GPU per trial (0.25 = 4 trials per GPU)")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB", help=GPU_MEMORY_HELP)
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once")
     p.add_argument("--address", help="Ray cluster to run on: HOST:PORT, or auto (the cluster `ray start` started "
@@ -478,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="the resolved trials, counts per task and a compute estimate (runs nothing)")
     _add_spec_flags(p)
     p.add_argument("--no-compute", action="store_true", help="skip the compute estimate (it builds each network once)")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB", help=GPU_MEMORY_HELP + "; shows each trial's memory "
+                   "estimate and fraction, trials per GPU and GPU-hours per task")
+    p.add_argument("--gpu-tflops", type=float, metavar="TFLOPS", help="dense FP32 peak of the GPU for the GPU-hours "
+                   "(default 19.5, an A100; times each task's measured efficiency)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 

@@ -95,9 +95,11 @@ def git_commit() -> str | None:
 
 
 def apply_cli_overrides(spec: StudySpec, gpus_per_trial: float | None, cpus_per_trial: float | None,
-                        max_concurrent: int | None) -> None:
+                        max_concurrent: int | None, gpu_memory: float | None = None) -> None:
+    from study.resources import use_gpu_memory
     from study.spec import validate
 
+    use_gpu_memory(spec, gpu_memory, gpus_per_trial)
     if gpus_per_trial is not None:
         spec.raw["resources"]["gpu"] = gpus_per_trial
     if cpus_per_trial is not None:
@@ -155,11 +157,15 @@ def _init_ray(spec: StudySpec, address: str | None, verbose: bool = False) -> bo
     return True
 
 
-def _concurrency(spec: StudySpec, n_trials: int) -> int:
-    """How many trials run at once: max_concurrent, else what the cluster's CPUs/GPUs allow (for the ETA)."""
+def _concurrency(spec: StudySpec, trials: list[PlannedTrial]) -> int:
+    """How many trials run at once: max_concurrent, else what the cluster's CPUs/GPUs allow (for the ETA;
+    with gpu auto, at a typical trial's share)."""
     import ray
 
-    res, have = spec.raw["resources"], ray.cluster_resources()
+    from study.resources import typical_gpu
+
+    n_trials, have = len(trials), ray.cluster_resources()
+    res = {"cpu": spec.raw["resources"]["cpu"], "gpu": typical_gpu(spec, [t.config for t in trials])}
     fits = [int(have.get(k.upper(), 0) // res[k]) for k in ("cpu", "gpu") if res.get(k)]
     limit = min([spec.raw["max_concurrent"] or n_trials, n_trials, *fits])
     return max(1, limit)
@@ -215,14 +221,15 @@ def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str,
     from ray import tune
 
     from study.console import TrialConsole, tune_callback
+    from study.resources import tune_resources
     from study.trainable import run_config_trial
 
-    res = spec.raw["resources"]
     callbacks = [] if verbose else [tune_callback(TrialConsole(
         planned=planned or len(trials), launch=len(trials), already_finished=already_finished,
-        concurrency=_concurrency(spec, len(trials)),
+        concurrency=_concurrency(spec, trials),
         names=_by_config_key(trials, study_info.get("run_names"))))]  # others: their plain run name
-    trainable = tune.with_resources(run_config_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
+    # a fixed share, or (resources.gpu: auto) each trial's own, looked up by its config (study.resources)
+    trainable = tune.with_resources(run_config_trial, tune_resources(spec, [t.config for t in trials]))
     storage = ray_storage_path(spec)
     tuner = tune.Tuner(
         trainable,
@@ -365,6 +372,7 @@ def run_study(
     ray_address: str | None = None,
     checkpoints: str | None = None,
     verbose: bool = False,
+    gpu_memory: float | None = None,
 ) -> int:
     """Run every trial of `spec` that is not FINISHED yet. Exit code 0 when all are finished.
 
@@ -372,16 +380,24 @@ def run_study(
     otherwise one line per trial event and a progress line (`study.console`).
 
     `checkpoints`: auto | shared | mlflow, where trials keep checkpoints (`study.artifact_checkpoints`).
+
+    `gpu_memory`: GiB of one GPU; every trial asks for the share of it that its memory estimate needs
+    (`study.resources`); a trial that fits no such GPU is refused before anything runs.
     """
     for k, v in STUDY_ENV.items():
         os.environ.setdefault(k, v)
-    apply_cli_overrides(spec, gpus_per_trial, cpus_per_trial, max_concurrent)
+    apply_cli_overrides(spec, gpus_per_trial, cpus_per_trial, max_concurrent, gpu_memory)
     study_dir = spec.study_dir
     tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
     tracking.check_reachable(tracking_uri)  # before the lock: an unreachable server leaves no file behind
     with study_lock(study_dir):
         checkpoint_mode = resolve_mode(checkpoints or spec.raw.get("checkpoints"), tracking_uri)
-        expand(spec)  # validate every trial (networks, points, settings) before anything is written
+        planned = expand(spec)  # validate every trial (networks, points, settings) before anything is written
+        if spec.raw["search"]["type"] == "grid":
+            from study.resources import is_auto, resource_table
+
+            if is_auto(spec):  # every trial's share of a GPU, and a trial that fits none refused, before anything runs
+                resource_table(spec, [t.config for t in planned])
         if spec.raw["search"]["type"] == "optuna":
             from study.search import search_space
 

@@ -364,8 +364,10 @@ def _add(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a + b
 
 
-def plan_report(spec: StudySpec, compute: bool = True) -> dict[str, Any]:
-    """What `dpl plan` shows; reads the spec and the loss-network metadata, writes nothing."""
+def plan_report(spec: StudySpec, compute: bool = True, gpu_tflops: float | None = None) -> dict[str, Any]:
+    """What `dpl plan` shows; reads the spec and the loss-network metadata, writes nothing (but the caches
+    of metadata and memory estimates). With `resources.gpu: auto` also each trial's memory estimate and GPU
+    fraction and the packing per task (`study.resources.packing_report`)."""
     trials = expand(spec)
     rows = [t.row() for t in trials]
     report: dict[str, Any] = {
@@ -386,6 +388,10 @@ def plan_report(spec: StudySpec, compute: bool = True) -> dict[str, Any]:
                              "note": "training passes implied by the budgets (early stopping can only shorten "
                                      "them); FLOPs count a multiply-add as 2; divide by a GPU's sustained "
                                      "FLOP/s for GPU-seconds"}
+    from study.resources import is_auto, packing_report
+
+    if is_auto(spec):
+        report["memory"] = packing_report(spec, [t.config for t in trials], rows, gpu_tflops)
     return report
 
 
@@ -414,6 +420,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{'total':<12} {'':<11} {report['counts']['total']:>6} {'':>8} {'':>5}  "
                      f"{_fmt_gflops(report['compute']['total_gflops']):>16}")
         lines.append(f"({report['compute']['note']})")
+    if "memory" in report:
+        from study.resources import format_packing
+
+        lines += ["", *format_packing(report["memory"])]
     lines += ["", "settings common to every trial of a task:"]
     by_task: dict[str, list[dict[str, Any]]] = {}
     for row in report["trials"]:
@@ -428,6 +438,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "trials:"]
     for row in report["trials"]:
         extra = " ".join(f"{k}={({**row, **row['params']}).get(k)}" for k in varying[row["task"]])
+        mem = row.get("memory")
+        if mem:
+            fraction = "no GPU fits" if mem["gpu_fraction"] is None else f"gpu {mem['gpu_fraction']:g}"
+            extra = f"{extra}  " if extra else ""
+            extra += f"mem {mem['total_bytes'] / 2**30:.2f} GiB {fraction}"
         lines.append(f"  {row['trial_key']}  {row['task']}:{row['dataset']}:{row['network']}:{row['point']}:"
                      f"{row['variant']}:s{row['seed']}" + (f"  {extra}" if extra else ""))
     return "\n".join(lines)

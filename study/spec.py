@@ -60,7 +60,7 @@ TOP_KEYS = {
     "resize": "off | auto | a side in pixels: resize the loss network's input (auto: a fixed-size network's own size), or a list",
     "pixel_baseline": "true | false: add the pixel-loss trial (network none) to every task that has one",
     "data_root": "directory that relative data paths are read from (default: --data-root, $DPL_DATA_ROOT, datasets)",
-    "resources": "mapping cpu, gpu (per trial)",
+    "resources": "mapping cpu, gpu (per trial: a fraction or auto), gpu_memory_gb (for auto)",
     "max_concurrent": "integer",
     "max_failures": "integer (restarts of a trial whose worker died)",
     "ray": "mapping of ray.init settings for a local cluster (num_cpus, num_gpus)",
@@ -85,6 +85,11 @@ TASK_KEYS = {
     "transform_input": "override the study's transform_input for this task (a value or a list)",
     "resize": "override the study's resize for this task (a value or a list)",
     "pixel_baseline": "true | false: add this task's pixel-loss trial (network none)",
+}
+RESOURCE_KEYS = {
+    "cpu": "CPUs per trial",
+    "gpu": "GPU per trial: a fraction, whole GPUs, or auto (the smallest 1/8 step holding the trial's memory estimate)",
+    "gpu_memory_gb": "memory of one GPU in GiB (a positive number, e.g. 40): what gpu: auto sizes the fractions for",
 }
 SEARCH_KEYS = {"type": "grid | optuna", "num_samples": "integer", "metric": "metric name (default: the task's primary)",
                "mode": "max | min (default: the metric's direction)", "space": "mapping name -> distribution",
@@ -164,13 +169,20 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     _expect(raw.setdefault("pixel_baseline", False), bool, "pixel_baseline", "true | false")
     if "data_root" in raw:
         _expect(raw["data_root"], str, "data_root", "a directory path")
-    res = _check_keys(raw.setdefault("resources", {}), {"cpu": "", "gpu": ""}, "resources")
+    res = _check_keys(raw.setdefault("resources", {}), RESOURCE_KEYS, "resources")
     cpu = _expect(res.setdefault("cpu", 1), (int, float), "resources.cpu", "a positive number")
-    gpu = _expect(res.setdefault("gpu", 0), (int, float), "resources.gpu", "a number in [0, 1] or a whole number")
+    gpu_allowed = "a fraction in [0, 1] (0.25 = 4 trials per GPU), whole GPUs, or auto (each trial its own share)"
+    gpu = res.setdefault("gpu", 0)
     if cpu <= 0:
         raise _fail("resources.cpu", f"{cpu}", "a positive number")
-    if gpu < 0 or (gpu > 1 and gpu != int(gpu)):
-        raise _fail("resources.gpu", f"{gpu}", "a fraction in [0, 1] (0.25 = 4 trials per GPU) or whole GPUs")
+    if gpu != "auto":
+        _expect(gpu, (int, float), "resources.gpu", gpu_allowed)
+        if gpu < 0 or (gpu > 1 and gpu != int(gpu)):
+            raise _fail("resources.gpu", f"{gpu}", gpu_allowed)
+    if res.get("gpu_memory_gb") is not None:
+        size = _expect(res["gpu_memory_gb"], (int, float), "resources.gpu_memory_gb", RESOURCE_KEYS["gpu_memory_gb"])
+        if size <= 0:
+            raise _fail("resources.gpu_memory_gb", f"{size}", RESOURCE_KEYS["gpu_memory_gb"])
     mc = _expect(raw.setdefault("max_concurrent", 0), int, "max_concurrent", "an integer >= 0 (0 = no limit)")
     if mc < 0:
         raise _fail("max_concurrent", f"{mc}", "an integer >= 0 (0 = no limit)")

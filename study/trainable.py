@@ -36,6 +36,9 @@ from trainables.reporting import START_EPOCH_METRIC, newest_checkpoint, store_ch
 
 #: Tag: how many attempts of this trial have started in its run (1 for a trial never interrupted).
 ATTEMPTS_TAG = "dpl.attempts"
+#: The GPU share a trial ran with: the param holds the first attempt's (params cannot change), the metric
+#: every attempt's at step = attempt, so a relaunch with another --gpu-memory is recorded, not refused.
+GPU_FRACTION_PARAM, GPU_FRACTION_METRIC = "gpu_fraction", "attempt/gpu_fraction"
 
 
 class TuneMlflowReporter:
@@ -177,6 +180,21 @@ def node_data(config: TrialConfig, driver_root: str | None, node_root: str | Non
     return dataclasses.replace(config, data_root=str(local)) if local.exists() else config
 
 
+def granted_gpu() -> float:
+    """The share of a GPU Ray gave this trial (its placement group's GPU; 0 without one)."""
+    from ray import tune
+
+    return float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0))
+
+
+def record_gpu_share(c: Any, run_id: str, gpu: float, attempt: int) -> None:
+    """The GPU share this attempt runs with: param `gpu_fraction` once (the first attempt's: MLflow refuses a
+    param re-logged with another value, and a relaunch with another --gpu-memory may ask for another share),
+    metric `attempt/gpu_fraction` at step = attempt for every attempt."""
+    tracking.log_params_once(c, run_id, {GPU_FRACTION_PARAM: gpu})
+    c.log_metric(run_id, GPU_FRACTION_METRIC, gpu, step=attempt)
+
+
 def run_config_trial(payload: dict[str, Any]) -> None:
     """The Tune trainable. `payload` = {"trial": TrialConfig dict, "study": {...tracking settings}}.
 
@@ -245,6 +263,7 @@ def _tracked_trial(c: Any, study: dict[str, Any], config: TrialConfig) -> tuple[
     scratch = Path(tempfile.mkdtemp(prefix=f"dpl-{key}-")) if mode == "mlflow" else None
     try:
         reporter = TuneMlflowReporter(c, run_id, scratch or Path(study["study_dir"]) / "checkpoints" / key, mode=mode)
+        record_gpu_share(c, run_id, granted_gpu(), reporter.attempt)
         if synthetic:
             config = _local_synthetic(config, synthetic)
         else:

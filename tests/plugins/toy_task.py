@@ -2,10 +2,14 @@
 
 It fits a per-channel colour gain under the feature-MSE loss of the configured loss network, so it runs
 the real loss-network path in about a second per epoch, and it can be told to fail or to kill its own
-worker once (fault injection).
+worker once (fault injection). For GPU-packing tests its memory estimate is whatever `memory_gib` says
+(`training_step` holds an input of that size; nothing of it is allocated when the trial runs), and with
+`log_times` each attempt appends its start and end (or kill) time and the GPU Ray gave it to
+`<data>/timeline.jsonl`.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -16,12 +20,15 @@ import torch
 from trainables.distances import feature_mse
 from trainables.loss_networks import build_from_config
 from trainables.reporting import load_checkpoint, staged_checkpoint
+from trainables.tasks import TrainingStep
 
 DATASETS = ("noise",)
 VARIANTS = ("default",)
 METRICS = {"score": "max", "final_loss": "min"}
 PRIMARY_METRIC = "score"
-_BASE = {"epochs": 2, "sleep_s": 0.0, "fail": False, "kill_at_epoch": 0, "lr": 0.1}
+# kill_seed: with kill_at_epoch, only the trial of this seed kills its worker (-1: every trial)
+_BASE = {"epochs": 2, "sleep_s": 0.0, "fail": False, "kill_at_epoch": 0, "kill_seed": -1, "lr": 0.1,
+         "memory_gib": 0.0, "log_times": False}
 BUDGETS = {"smoke": dict(_BASE), "quick": dict(_BASE), "paper": dict(_BASE, epochs=5)}
 NETWORKLESS_OK = ("none",)
 
@@ -30,10 +37,35 @@ def input_size(config) -> int:
     return 32
 
 
+def training_step(config, device) -> TrainingStep:
+    """A step whose peak memory is `memory_gib` GiB (an input of that size) plus a few bytes."""
+    gain = torch.zeros(1, 3, 1, 1, requires_grad=True, device=device)
+    opt = torch.optim.SGD([gain], lr=config.params["lr"])
+    block = torch.empty(int(config.params["memory_gib"] * 2**30) // 4, device=device)
+
+    def step() -> torch.Tensor:
+        loss = (gain * 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return TrainingStep(step, (), (block,), opt)
+
+
+def _log_time(config, event: str) -> None:
+    if config.params["log_times"] and config.data_root:
+        line = {"event": event, "t": time.time(), "seed": config.seed, "memory_gib": config.params["memory_gib"],
+                "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "pid": os.getpid()}
+        with open(Path(config.data_root) / "timeline.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 def run(config, reporter):
     p = config.params
     if p["fail"]:
         raise ValueError("toy task asked to fail (fail=true)")
+    _log_time(config, "start")
     g = torch.Generator().manual_seed(config.seed)
     target = torch.rand(4, 3, 32, 32, generator=g)
     gain = torch.zeros(1, 3, 1, 1, requires_grad=True)
@@ -52,13 +84,17 @@ def run(config, reporter):
         loss.backward()
         opt.step()
         time.sleep(p["sleep_s"])
-        marker = Path(config.data_root) / f"killed-{os.environ.get('DPL_TOY_TAG', '')}{config.seed}-{config.point}"
-        if p["kill_at_epoch"] == epoch and config.data_root and not marker.exists():
+        suffix = f"-{p['memory_gib']:g}" if p["memory_gib"] else ""
+        marker = Path(config.data_root) / f"killed-{os.environ.get('DPL_TOY_TAG', '')}{config.seed}-{config.point}{suffix}"
+        chosen = p["kill_seed"] < 0 or p["kill_seed"] == config.seed
+        if p["kill_at_epoch"] == epoch and chosen and config.data_root and not marker.exists():
             marker.write_text("x")
+            _log_time(config, "kill")
             os.kill(os.getpid(), signal.SIGKILL)
         metrics = {"train/loss": float(loss.detach())}
         if epoch == p["epochs"]:
             metrics.update(score=-float(loss), final_loss=float(loss))
         with staged_checkpoint({"gain": gain.detach().clone(), "epoch": epoch}) as d:
             reporter.report(epoch, metrics, checkpoint_dir=d)
+    _log_time(config, "end")
     return {"score": -float(loss), "final_loss": float(loss)}

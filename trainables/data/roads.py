@@ -25,6 +25,8 @@ from trainables.progress import ProgressFn, Ticker
 SPLITS = ("train", "valid", "test")
 SAT_SUFFIX, MAP_SUFFIX = ".tiff", ".tif"
 BASE_URL = "https://www.cs.toronto.edu/~vmnih/data/mass_roads/"
+#: side of every official tile in pixels (what whole-tile validation and test run at without `test_resize`)
+TILE_SIZE = 1500
 #: synthetic sizes: tile side in pixels and tiles per split
 SYNTH_SIZES = {"smoke": (128, {"train": 6, "valid": 2, "test": 2}), "small": (256, {"train": 32, "valid": 4, "test": 6})}
 

@@ -8,12 +8,18 @@
 - `BUDGETS`: {"smoke"|"quick"|"paper": {hyper-parameter: default}} (the keys `--set` may override)
 - `input_size(config) -> int`: the loss network's input size (for the feature-shape metadata)
 - `run(config, reporter) -> dict[str, float]`: the trial itself; `config.params` is already resolved
+- optional `training_step(config, device) -> TrainingStep`: one step of the trial as `run` takes it, on
+  inputs of the trial's shapes, built by the same functions `run` uses; `trainables.memory` runs it on the
+  meta device to estimate the trial's memory before anything runs (a task without it has no estimate, so a
+  study with `resources: {gpu: auto}` refuses it)
 """
 from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any, Callable
 
 from trainables.errors import UserError
 
@@ -23,6 +29,26 @@ TASKS = {
     "delineation": "trainables.tasks.delineation",
     "autoencoder": "trainables.tasks.autoencoder",
 }
+
+
+@dataclass
+class TrainingStep:
+    """One step of a trial exactly as its task runs it, on inputs of the trial's shapes and device.
+
+    `run` is the training step (forward through the task's network and the loss network to the point,
+    backward, optimizer step), or for a trial that trains nothing its evaluation forward. `evaluation`, if
+    given, is a later phase that may need more memory than training (e.g. delineation's whole-tile
+    validation). `modules`, `inputs` and `optimizer` are what the step's tensors live in, so that
+    `trainables.memory` can count them. `batch_setting` names the task setting the memory grows with, for
+    the hint of what would fit on a smaller GPU.
+    """
+
+    run: Callable[[], Any]
+    modules: tuple[Any, ...]  # torch.nn.Module; None entries (no loss network) are skipped
+    inputs: tuple[Any, ...] = ()  # torch.Tensor
+    optimizer: Any = None  # torch.optim.Optimizer
+    evaluation: Callable[[], Any] | None = None
+    batch_setting: str = "batch_size"
 
 
 #: Extra tasks of the user's own, as "name=package.module,name2=...": the same interface makes any

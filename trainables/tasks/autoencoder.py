@@ -30,6 +30,7 @@ from trainables.errors import DataError
 from trainables.images import save_rgb
 from trainables.metrics import probes
 from trainables.reporting import Reporter, load_checkpoint, staged_checkpoint
+from trainables.tasks import TrainingStep
 from trainables.trial import NO_NETWORK, pick_device
 
 DATASETS = ("svhn", "stl10")
@@ -185,15 +186,51 @@ def _epoch(model: ConvAutoencoder, loss_fn: Callable[[torch.Tensor, torch.Tensor
     total, n = 0.0, 0
     with torch.set_grad_enabled(opt is not None):
         for batch in loader:
-            x = to_input(batch, dataset, device)
-            loss = loss_fn(model(x), x)
-            if opt is not None:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            total += float(loss.detach()) * len(x)
-            n += len(x)
+            loss = train_step(model, loss_fn, opt, batch, dataset, device)
+            total += float(loss.detach()) * len(batch)
+            n += len(batch)
     return total / n
+
+
+def train_step(model: ConvAutoencoder, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               opt: torch.optim.Optimizer | None, batch: torch.Tensor, dataset: str, device: torch.device) -> torch.Tensor:
+    """The loss of one uint8 batch; with `opt`, also backward and an Adam step (a training step)."""
+    x = to_input(batch, dataset, device)
+    loss = loss_fn(model(x), x)
+    if opt is not None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return loss
+
+
+def build_training(config: TrialConfig, device: torch.device) -> tuple[
+        ConvAutoencoder, nn.Module | None, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.optim.Optimizer]:
+    """The autoencoder (seeded), the loss network (None: pixel MSE), the loss and Adam, as a trial starts them."""
+    p = config.params
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = ConvAutoencoder(SIZES[config.dataset or DATASETS[0]], p["z_dim"]).to(device)
+    if config.network == NO_NETWORK:
+        loss_net = None
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.mse_loss
+    else:
+        loss_net = loss_networks.build_from_config(config).to(device)
+        loss_fn = lambda out, target: distances.feature_mse(loss_net, out, target)  # noqa: E731
+    return model, loss_net, loss_fn, torch.optim.Adam(model.parameters(), lr=p["lr"])
+
+
+def training_step(config: TrialConfig, device: torch.device) -> TrainingStep:
+    """`train_step` on a uint8 batch of the dataset's images, in training mode (`trainables.memory`);
+    validation and encoding run the same network without gradients, at most 256 images at a time."""
+    model, loss_net, loss_fn, opt = build_training(config, device)
+    model.train()
+    if loss_net is not None:
+        loss_net.train()  # as `run`: a no-op unless mode=train
+    dataset = config.dataset or DATASETS[0]
+    side = SIZES[dataset] - (2 * SVHN_PAD if dataset == "svhn" else 0)  # SVHN is padded on the device
+    batch = torch.randint(0, 256, (config.params["batch_size"], 3, side, side), dtype=torch.uint8, device=device)
+    return TrainingStep(lambda: train_step(model, loss_fn, opt, batch, dataset, device), (model, loss_net), (batch,), opt)
 
 
 @torch.no_grad()
@@ -235,21 +272,11 @@ def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
     device = pick_device(config.device)
     dataset = config.dataset or DATASETS[0]
     data = load_data(config.replace(dataset=dataset))
-    size = SIZES[dataset]
     if len(data.ae) < 2 or len(data.train[0]) < 2:
         raise DataError(f"{config.data_root}: too few images for an autoencoder and probes ({len(data.ae)} unlabelled, "
                         f"{len(data.train[0])} labelled); use a larger subset or dataset")
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = ConvAutoencoder(size, p["z_dim"]).to(device)
-    if config.network == NO_NETWORK:
-        loss_net = None
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.mse_loss
-    else:
-        loss_net = loss_networks.build_from_config(config).to(device)
-        loss_fn = lambda out, target: distances.feature_mse(loss_net, out, target)  # noqa: E731
-    opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    model, loss_net, loss_fn, opt = build_training(config.replace(dataset=dataset), device)
     ae_train, ae_val = probes.seeded_split(len(data.ae), config.seed)
     reporter.set_info({
         "ae_train_images": len(ae_train), "ae_val_images": len(ae_val),

@@ -41,6 +41,7 @@ from trainables.errors import DataError
 from trainables.images import save_rgb
 from trainables.metrics import ccq
 from trainables.reporting import Reporter, load_checkpoint, staged_checkpoint
+from trainables.tasks import TrainingStep
 from trainables.trial import NO_NETWORK, pick_device
 
 DATASETS = ("mass_roads",)
@@ -245,6 +246,13 @@ def _limit(tiles: list[roads.Tile], n: int) -> list[roads.Tile]:
 # ------------------------------------------------------------------------------------------ evaluation
 
 
+def tile_forward(model: Refiner, loss_net: nn.Module | None, img: torch.Tensor, label: torch.Tensor, mu: float,
+                 steps: int | None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Logits of every pass and the loss terms for one whole (3, H, W) tile and its (1, H, W) label."""
+    logits = model.forward_any_size(img[None], steps)
+    return logits, delineation_loss(logits, label[None], loss_net, mu)
+
+
 @torch.no_grad()
 def evaluate(
     model: Refiner,
@@ -267,8 +275,8 @@ def evaluate(
     for i, tile in enumerate(tiles):
         img, label = resize_tile(*roads.read_pair(tile), params["test_resize"])
         img, label = img.to(device), label.to(device)
-        logits = model.forward_any_size(img[None], steps)
-        for k, v in delineation_loss(logits, label[None], loss_net, params["mu"]).items():
+        logits, terms = tile_forward(model, loss_net, img, label, params["mu"], steps)
+        for k, v in terms.items():
             losses[k].append(float(v))
         prob = torch.sigmoid(logits[-1])[0, 0].cpu()
         label_np = label[0].bool().cpu().numpy()
@@ -327,6 +335,54 @@ def check_params(p: dict[str, Any]) -> None:
         raise ConfigError(f"test_resize: {p['test_resize']} must be 0 (full tiles) or a multiple of 16, e.g. 224")
 
 
+def build_model(p: dict[str, Any], device: torch.device) -> tuple[Refiner, torch.optim.Optimizer]:
+    """The refining U-Net (`k_train` passes) and its optimizer, as every trial starts them."""
+    model = Refiner(p["k_train"]).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=p["lr"])
+
+
+def build_lossnet(config: TrialConfig, device: torch.device) -> nn.Module | None:
+    """The frozen loss network (None for the pixel-loss baseline)."""
+    return None if config.network == NO_NETWORK else ln.build_from_config(config).to(device)
+
+
+def train_step(model: Refiner, loss_net: nn.Module | None, optimizer: torch.optim.Optimizer, img: torch.Tensor,
+               label: torch.Tensor, mu: float) -> dict[str, torch.Tensor]:
+    """One training step on a batch of crops on the device: K passes, loss, backward, Adam; the loss terms."""
+    terms = delineation_loss(model(img), label, loss_net, mu)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+    return terms
+
+
+def training_step(config: TrialConfig, device: torch.device) -> TrainingStep:
+    """`train_step` on a batch of the trial's crops, then validation's whole-tile forward (`tile_forward`
+    on a tile of `test_resize` px, else a full 1500 px Massachusetts tile, with the most passes any phase
+    runs): a full tile through the loss network can hold more than a training step (`trainables.memory`)."""
+    p = config.params
+    loss_net = build_lossnet(config, device)
+    model, optimizer = build_model(p, device)
+    crop, side = p["crop_size"], p["test_resize"] or roads.TILE_SIZE
+    img, label = torch.rand(p["batch_size"], 3, crop, crop, device=device), torch.rand(p["batch_size"], 1, crop, crop, device=device)
+
+    def train() -> dict[str, torch.Tensor]:
+        model.train()
+        if loss_net is not None:
+            loss_net.train()  # as `run`: a no-op unless mode=train
+        return train_step(model, loss_net, optimizer, img, label, p["mu"])
+
+    @torch.no_grad()
+    def validate() -> dict[str, torch.Tensor]:  # a tile is loaded after training: made (and counted) here
+        model.eval()
+        if loss_net is not None:
+            loss_net.eval()
+        tile, tile_label = torch.rand(3, side, side, device=device), torch.rand(1, side, side, device=device)
+        return tile_forward(model, loss_net, tile, tile_label, p["mu"], max(p["k_train"], p["k_test"]))[1]
+
+    return TrainingStep(train, (model, loss_net), (img, label), optimizer, evaluation=validate)
+
+
 def is_better(value: float, best: float, direction: str) -> bool:
     """Strictly better, so that the first of equal epochs is kept."""
     return value > best if direction == "max" else value < best
@@ -340,10 +396,9 @@ def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
     train_tiles = _limit(splits["train"], p["max_train_tiles"])
     val_tiles, test_tiles = _limit(splits["valid"], p["max_val_tiles"]), _limit(splits["test"], p["max_test_tiles"])
 
-    loss_net = None if config.network == NO_NETWORK else ln.build_from_config(config).to(device)
+    loss_net = build_lossnet(config, device)
     check_crop(loss_net, config, p["crop_size"], device)
-    model = Refiner(p["k_train"]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    model, optimizer = build_model(p, device)
     select_metric, direction = SELECT_ON[p["select_on"]]
     reporter.set_info({
         "unet_params": sum(q.numel() for q in model.parameters()),
@@ -374,10 +429,7 @@ def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
         sums = {"loss": 0.0, "bce": 0.0, "feature": 0.0}
         for img, label in loader:
             img, label = img.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            terms = delineation_loss(model(img), label, loss_net, p["mu"])
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
+            terms = train_step(model, loss_net, optimizer, img, label, p["mu"])
             for k in sums:
                 sums[k] += terms[k].item()
         last = {f"train/{k}": v / len(loader) for k, v in sums.items()}

@@ -26,6 +26,7 @@ from trainables.images import to_uint8
 from trainables.loss_networks import build_from_config
 from trainables.metrics.similarity_scores import summarise, twoafc_score, twoafc_scores
 from trainables.reporting import Reporter, load_checkpoint, staged_checkpoint
+from trainables.tasks import TrainingStep
 from trainables.trial import pick_device
 
 DATASETS = ("bapps",)
@@ -167,6 +168,61 @@ def evaluate(dist: PerceptualDistance, val: dict[str, bapps.BappsSubset], jnd: d
     return summarise(twoafc, jnds)
 
 
+def train_step(dist: PerceptualDistance, head: LogitHead, opt: torch.optim.Optimizer, bce: nn.Module, ref: torch.Tensor,
+               p0: torch.Tensor, p1: torch.Tensor, judge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step on a batch of triplets on the device: distances, logit head, BCE, backward, Adam, clamp;
+    (loss, d0, d1)."""
+    d0, d1 = triplet_distances(dist, ref, p0, p1)
+    loss = bce(head(d0, d1), judge.float())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    dist.clamp_lin()
+    return loss, d0, d1
+
+
+def build_training(dist: PerceptualDistance, train_trunk: bool, p: dict[str, Any], device: torch.device
+                   ) -> tuple[LogitHead, torch.optim.Optimizer]:
+    """The logit head and Adam over what the variant trains: lin weights and head, and the trunk for tune/scratch."""
+    head = LogitHead().to(device)
+    params = [*dist.lin.parameters(), *head.parameters()]
+    if train_trunk:
+        params += [q for q in dist.net.body.parameters() if q.requires_grad]
+    return head, torch.optim.Adam(params, lr=p["lr"], betas=(p["beta1"], 0.999))
+
+
+def training_step(config: TrialConfig, device: torch.device) -> TrainingStep:
+    """For `trainables.memory`: the baseline trains nothing, so its step is the evaluation forward of a batch
+    of `eval_batch_size` triplets (no gradients, as `collect_2afc`); a trained variant's is `train_step` on
+    `batch_size` triplets, followed by that evaluation forward."""
+    p = config.params
+    dist, train_trunk = build_metric(config)
+    dist.to(device)
+
+    def triplets(n: int) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.rand(n, 3, p["image_size"], p["image_size"], device=device) for _ in range(3))
+
+    @torch.no_grad()
+    def evaluate_batch(batch: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        dist.eval()
+        return triplet_distances(dist, *(batch or triplets(p["eval_batch_size"])))
+
+    if config.variant == "baseline":
+        batch = triplets(p["eval_batch_size"])
+        return TrainingStep(lambda: evaluate_batch(batch), (dist,), batch, batch_setting="eval_batch_size")
+    head, opt = build_training(dist, train_trunk, p, device)
+    batch, judge = triplets(p["batch_size"]), torch.rand(p["batch_size"], device=device)
+    bce = nn.BCELoss()
+
+    def train() -> torch.Tensor:
+        dist.train()
+        head.train()
+        return train_step(dist, head, opt, bce, *batch, judge)[0]
+
+    # the evaluation batch is loaded after training, so it is made (and counted) in that phase
+    return TrainingStep(train, (dist, head), (*batch, judge), opt, evaluation=evaluate_batch)
+
+
 def train_epoch(dist: PerceptualDistance, head: LogitHead, opt: torch.optim.Optimizer, loader: DataLoader,
                 device: torch.device) -> dict[str, float]:
     """One pass over the training triplets; returns `train/loss` (mean BCE) and `train/2afc`."""
@@ -176,12 +232,7 @@ def train_epoch(dist: PerceptualDistance, head: LogitHead, opt: torch.optim.Opti
     loss_sum, score_sum, n = 0.0, 0.0, 0
     for b in _batches(loader):
         ref, p0, p1, judge = (b[k].to(device, non_blocking=True) for k in ("ref", "p0", "p1", "judge"))
-        d0, d1 = triplet_distances(dist, ref, p0, p1)
-        loss = bce(head(d0, d1), judge.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        dist.clamp_lin()
+        loss, d0, d1 = train_step(dist, head, opt, bce, ref, p0, p1, judge)
         k = ref.shape[0]
         loss_sum += loss.item() * k
         score_sum += float(twoafc_scores(d0.detach().cpu().numpy(), d1.detach().cpu().numpy(), judge.cpu().numpy()).sum())
@@ -250,11 +301,7 @@ def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
     train_metrics: dict[str, float] = {}
     epoch = 1
     if config.variant != "baseline":
-        head = LogitHead().to(device)
-        params = [*dist.lin.parameters(), *head.parameters()]
-        if train_trunk:
-            params += [q for q in dist.net.body.parameters() if q.requires_grad]
-        opt = torch.optim.Adam(params, lr=p["lr"], betas=(p["beta1"], 0.999))
+        head, opt = build_training(dist, train_trunk, p, device)
         start = 1
         state = load_checkpoint(reporter.resume_dir())
         if state is not None:

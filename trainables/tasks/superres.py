@@ -39,6 +39,7 @@ from trainables.distances import feature_mse
 from trainables.images import read_rgb, save_rgb
 from trainables.metrics.sr_metrics import psnr_ssim
 from trainables.reporting import Reporter, load_checkpoint, staged_checkpoint
+from trainables.tasks import TrainingStep
 from trainables.trial import NO_NETWORK, pick_device
 
 DATASETS = ("coco",)
@@ -205,6 +206,49 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def build_model(p: dict[str, Any], device: torch.device) -> tuple[TransformNet, torch.optim.Optimizer]:
+    """The transformation network and its optimizer, as every trial starts them."""
+    model = TransformNet(p["scale"], p["norm"]).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=p["lr"])
+
+
+def build_lossnet(config: TrialConfig, device: torch.device) -> nn.Module | None:
+    """The frozen loss network (None for the pixel-loss baseline)."""
+    return None if config.network == NO_NETWORK else ln.build_from_config(config).to(device)
+
+
+def train_step(model: nn.Module, lossnet: nn.Module | None, opt: torch.optim.Optimizer, hr: torch.Tensor,
+               p: dict[str, Any]) -> torch.Tensor:
+    """One training step on an HR batch on the device: degrade, super-resolve, loss, backward, Adam."""
+    with torch.no_grad():
+        lr = data.degrade(hr, p["scale"], p["blur_sigma"])
+    sr = model(lr)
+    if lossnet is None:  # the pixel-loss baseline
+        loss = F.mse_loss(sr, hr)
+    else:
+        loss = feature_mse(lossnet, sr, hr)
+    if lossnet is not None and p["pixel_weight"]:
+        loss = loss + p["pixel_weight"] * F.mse_loss(sr, hr)
+    if p["tv_weight"]:
+        loss = loss + p["tv_weight"] * total_variation(sr)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def training_step(config: TrialConfig, device: torch.device) -> TrainingStep:
+    """`train_step` on a batch of the trial's crops (`trainables.memory`). Validation runs the same crops
+    without gradients, the test one full image at a time through the transformation network only: at the
+    paper's 288 px crops (batch 4) both hold less than a training step."""
+    p = config.params
+    model, opt = build_model(p, device)
+    model.train()
+    hr = torch.rand(p["batch_size"], 3, p["crop_size"], p["crop_size"], device=device)
+    lossnet = build_lossnet(config, device)
+    return TrainingStep(lambda: train_step(model, lossnet, opt, hr, p), (model, lossnet), (hr,), opt)
+
+
 def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
     p = config.params
     check_params(p)
@@ -220,8 +264,7 @@ def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
     val_files = data.seeded_subset(data.list_images(root / "val"), p["val_images"], config.seed)
     val = data.center_crops(val_files, p["crop_size"], p["train_crop"])
 
-    model = TransformNet(p["scale"], p["norm"]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    model, opt = build_model(p, device)
     n_epochs = max(1, math.ceil(p["iterations"] / p["eval_every"]))
     reporter.set_info({"sr_parameters": sum(t.numel() for t in model.parameters()), "sr_epochs": n_epochs,
                        "sr_train_images": len(train_files), "sr_val_images": len(val)})
@@ -243,24 +286,9 @@ def run(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
             loader = DataLoader(crops, batch_size=p["batch_size"], num_workers=p["num_workers"],
                                 pin_memory=device.type == "cuda", persistent_workers=False)
             if config.network != NO_NETWORK:
-                lossnet = lossnet or ln.build_from_config(config).to(device)
+                lossnet = lossnet or build_lossnet(config, device)
             for hr in loader:
-                hr = hr.to(device, non_blocking=True)
-                with torch.no_grad():
-                    lr = data.degrade(hr, p["scale"], p["blur_sigma"])
-                sr = model(lr)
-                if lossnet is None:  # the pixel-loss baseline
-                    loss = F.mse_loss(sr, hr)
-                else:
-                    loss = feature_mse(lossnet, sr, hr)
-                if lossnet is not None and p["pixel_weight"]:
-                    loss = loss + p["pixel_weight"] * F.mse_loss(sr, hr)
-                if p["tv_weight"]:
-                    loss = loss + p["tv_weight"] * total_variation(sr)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+                losses.append(train_step(model, lossnet, opt, hr.to(device, non_blocking=True), p).item())
         metrics = ({"train/loss": float(np.mean(losses))} if losses else {}) | _validate(model, val, p, device)
         if metrics["val/psnr"] > best_psnr:
             best, best_psnr, best_epoch = _cpu_state(model), metrics["val/psnr"], epoch
