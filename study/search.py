@@ -3,7 +3,7 @@
 Ray's OptunaSearch refuses grid values and keeps its state in the Tuner, which this project never
 restores. Here Optuna runs ask/tell against its own SQLite storage in the study directory; each asked
 trial becomes ordinary TrialConfigs (same keys, same MLflow runs, same checkpoints), run in batches through
-the grid driver. A driver killed mid-batch leaves Optuna trials RUNNING: the next launch re-runs exactly
+the batch runner (`study.batch`). A driver killed mid-batch leaves Optuna trials RUNNING: the next launch re-runs exactly
 those configs (their runs and checkpoints are found by key) and tells Optuna their results.
 
 What is searched is what the spec says, nothing is dropped (README, "Searching instead of a grid"):
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from study import tracking
+from study.batch import close_orphans, run_batch
 from study.plan import PlannedTrial, data_root
 from study.spec import StudySpec
 from trainables import loss_networks as ln
@@ -199,8 +200,6 @@ def run_optuna(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_i
                verbose: bool = False) -> None:
     import optuna
     from optuna.trial import TrialState
-
-    from study.driver import close_orphans, run_batch
 
     search = spec.raw["search"]
     space = search_space(spec)
