@@ -55,8 +55,10 @@ def ray_storage_path(spec: StudySpec) -> str:
 
 
 def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str, Any], verbose: bool = False,
-              planned: int | None = None, already_finished: int = 0) -> Any:
+              planned: int | None = None, already_finished: int = 0, scheduler: Any = None) -> Any:
     """One Tuner over `trials` (a grid over their configs); returns Tune's ResultGrid.
+
+    `scheduler`: a Tune trial scheduler (`study.halving.HalvingScheduler` stops trials early); default FIFO.
 
     Tune's own tables (status every few seconds, config and result per trial) only when `verbose`;
     otherwise `study.console` prints one line per trial event and a progress line over the `planned`
@@ -79,6 +81,7 @@ def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str,
         param_space={"trial": tune.grid_search([t.config.to_dict() for t in trials]), "study": study_info},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.raw["max_concurrent"] or None,
+            scheduler=scheduler,
             reuse_actors=True,
             trial_dirname_creator=lambda t: f"{t.config['trial']['task']}-{t.config['trial']['network']}-{t.trial_id}",
             trial_name_creator=lambda t: f"{t.config['trial']['network']}:{'+'.join(t.config['trial']['points']) or 'pixel'}",
@@ -95,7 +98,10 @@ def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str,
     # quiet: Ray's new console output prints its experiment header even at verbose=0, the classic one
     # nothing; and no traceback per failed task (the console's FAILED line has the one-line error)
     quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
-    with _env(**({} if verbose else quiet)):
+    # a scheduler's metric is in every epoch's result, not in a trial's last one (`dpl_done` or `dpl_failed`
+    # with the final metrics), which Tune would otherwise refuse; the scheduler ignores results without it
+    lenient = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"} if scheduler is not None else {}
+    with _env(**({} if verbose else quiet), **lenient):
         return tuner.fit()
 
 

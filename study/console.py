@@ -174,8 +174,8 @@ class TrialConsole:
         states = [t.state for t in self.trials.values()]
         started = len(self.trials)
         return {"planned": self.planned, "finished": self.already + states.count("finished"),
-                "running": states.count("running"), "failed": states.count("failed"),
-                "pending": max(0, self.launch - started)}
+                "stopped": states.count("stopped"), "running": states.count("running"),
+                "failed": states.count("failed"), "pending": max(0, self.launch - started)}
 
     def progress_line(self) -> str:
         c = self.counts()
@@ -184,8 +184,9 @@ class TrialConsole:
         eta = eta_seconds(self.durations, ages, c["pending"], min(self.concurrency, max(1, c["pending"] + c["running"])))
         left = c["pending"] + c["running"]
         eta_text = "done" if not left else (f"ETA ~{fmt_duration(eta)}" if eta is not None else "ETA after the first trial")
-        return (f"progress  {c['finished']}/{c['planned']} finished, {c['running']} running, {c['failed']} failed, "
-                f"{c['pending']} pending | elapsed {fmt_duration(now - self.t0)}, {eta_text}")
+        stopped = f"{c['stopped']} stopped early, " if c["stopped"] else ""
+        return (f"progress  {c['finished']}/{c['planned']} finished, {stopped}{c['running']} running, "
+                f"{c['failed']} failed, {c['pending']} pending | elapsed {fmt_duration(now - self.t0)}, {eta_text}")
 
     def _stamp(self) -> str:
         return f"[{fmt_duration(self.clock() - self.t0)}]"
@@ -262,6 +263,8 @@ class TrialConsole:
         last = last_result or {}
         if last.get("dpl_failed"):
             self._fail(t, str(last.get("error", "")))
+        elif not last.get("dpl_done") and isinstance(last.get("epoch"), int):
+            self._stop(t, last)  # ended on an epoch's report: a halving search stopped it there
         else:
             self._finish(t, last)
 
@@ -296,6 +299,15 @@ class TrialConsole:
         better = {"max": " (higher is better)", "min": " (lower is better)"}.get(t.directions.get(t.primary or ""), "")
         metric = f"  {t.primary}={float(value):.4f}{better}" if isinstance(value, (int, float)) else ""
         self._write(f"finished  {t.name}{metric} in {fmt_duration(took)}")
+        self._trial_ended()
+
+    def _stop(self, t: _Trial, result: dict[str, Any]) -> None:
+        t.state = "stopped"
+        self.durations.append(self.clock() - t.started)
+        shown = _epoch_metric(result, t.primary)
+        of = f"/{t.epochs}" if t.epochs else ""
+        metric = f"  {shown[0]}={shown[1]:.4g}" if shown else ""
+        self._write(f"stopped   {t.name}  early, at epoch {result['epoch']}{of}{metric} (halving)")
         self._trial_ended()
 
     def _fail(self, t: _Trial, error: str) -> None:

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 from study import tracking
 from study.artifact_checkpoints import resolve_mode
 from study.batch import close_orphans, run_batch
-from study.plan import PlannedTrial, ensure_synthetic_data, expand, longest_first, planned_synthetic, save_plan
+from study.plan import (PlannedTrial, ensure_synthetic_data, expand, load_planned, longest_first, plan_summaries,
+                        save_plan, synthetic_manifest)
 from study.spec import StudySpec, save_spec
 from trainables.errors import UserError
 
@@ -154,18 +155,10 @@ def distinct_run_names(plan: list[PlannedTrial]) -> dict[str, str]:
 
 
 def coverage(plan: list[PlannedTrial], runs: dict[str, Any]) -> dict[str, Any]:
-    counts = {"planned": len(plan), "finished": 0, "failed": 0, "running": 0, "pending": 0}
+    """planned / finished / stopped (early, by a halving search) / failed / running / pending counts."""
+    counts = {"planned": len(plan), "finished": 0, "stopped": 0, "failed": 0, "running": 0, "pending": 0}
     for t in plan:
-        run = runs.get(t.key)
-        status = run.info.status if run else None
-        if status == tracking.FINISHED:
-            counts["finished"] += 1
-        elif status in (tracking.FAILED, tracking.KILLED):
-            counts["failed"] += 1
-        elif status == tracking.RUNNING:
-            counts["running"] += 1
-        else:
-            counts["pending"] += 1
+        counts[tracking.run_state(runs.get(t.key))] += 1
     return counts
 
 
@@ -178,23 +171,30 @@ class Launch:
     parent_id: str
     plan: list[PlannedTrial]
     todo: list[PlannedTrial]
+    synthetic: dict[str, dict[str, Any]]  # dataset -> manifest of the study's generated data (plan.json)
 
 
 def _prepare(spec: StudySpec, tracking_uri: str) -> Launch:
-    """Create or open the store and experiment, save the spec and plan, and find the unfinished trials."""
+    """Create or open the store and experiment, save the spec and plan, and find the unfinished trials.
+
+    An Optuna search records the trials it draws as it draws them (`study.search.record_progress`), not the
+    grid it draws from: its plan here is what earlier launches drew, and nothing is to run until it asks."""
     experiment_id = tracking.init_experiment(tracking_uri, spec.name, spec.study_dir)
     save_spec(spec)
     for root in ensure_synthetic_data(spec):
         print(f"dpl: generated synthetic data in {root}", file=sys.stderr)
-    plan = expand(spec)
-    save_plan(spec, plan)
+    optuna = spec.raw["search"]["type"] == "optuna"
+    plan = load_planned(spec.study_dir) if optuna else expand(spec)
+    manifest = synthetic_manifest(spec)
     c = tracking.client(tracking_uri)
     parent_id = tracking.parent_run(c, experiment_id, spec.name)
     c.update_run(parent_id, status=tracking.RUNNING)
-    tracking.log_plan(c, parent_id, [t.summary() for t in plan])
+    if not optuna:
+        save_plan(spec, plan, manifest)
+        tracking.log_plan(c, parent_id, [t.summary() for t in plan])
     runs = tracking.runs_by_key(c, experiment_id)
-    todo = [t for t in plan if not (t.key in runs and runs[t.key].info.status == tracking.FINISHED)]
-    return Launch(c, experiment_id, parent_id, plan, todo)
+    todo = [] if optuna else [t for t in plan if not (t.key in runs and runs[t.key].info.status == tracking.FINISHED)]
+    return Launch(c, experiment_id, parent_id, plan, todo, manifest)
 
 
 @dataclass
@@ -257,11 +257,15 @@ def run_study(
     with study_lock(study_dir):
         tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)
         checkpoint_mode = resolve_mode(checkpoints or spec.raw.get("checkpoints"), tracking_uri)
-        expand(spec)  # validate every trial (networks, points, settings) before anything is written
+        grid = expand(spec)  # validate every trial (networks, points, settings) before anything is written
         if spec.raw["search"]["type"] == "optuna":
             from study.search import search_space
 
             search_space(spec)  # and every combination a search can sample
+        elif spec.raw["search"]["type"] == "halving":
+            from study.halving import halving_setup
+
+            halving_setup(spec, grid)  # one task and dataset, a per-epoch metric, a rung
         if running_ray(ray_address):
             print("dpl: using the Ray already initialised in this process (its resources and runtime env; "
                   "it is left running)", file=sys.stderr)
@@ -277,7 +281,7 @@ def run_study(
             "name": spec.name, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
             "parent_run_id": launch.parent_id, "study_dir": str(study_dir), "git_commit": git_commit(),
             "cpus_per_trial": spec.raw["resources"]["cpu"],
-            "checkpoints": checkpoint_mode, "synthetic": planned_synthetic(study_dir),
+            "checkpoints": checkpoint_mode, "synthetic": launch.synthetic,
             "run_names": distinct_run_names(plan), "data_root": spec.raw.get("data_root"),
         }
         tracking.log_params_once(c, launch.parent_id, {"checkpoints": checkpoint_mode})
@@ -285,22 +289,30 @@ def run_study(
             if ray_use.ready and spec.raw["search"]["type"] == "optuna":
                 from study.search import run_optuna
 
-                run_optuna(spec, study_info, c, experiment_id, verbose=verbose)
+                plan = run_optuna(spec, study_info, c, experiment_id, verbose=verbose)
+            elif spec.raw["search"]["type"] == "halving":  # also with nothing to run: it records its progress
+                from study.halving import run_halving
+
+                run_halving(spec, plan, todo, study_info, c, experiment_id, verbose=verbose)
             elif ray_use.ready and todo:
                 results = run_batch(spec, longest_first(todo), study_info, verbose=verbose, planned=len(plan),
                                     already_finished=len(plan) - len(todo))
                 close_orphans(c, experiment_id, {t.key for t in todo}, results)
         finally:
+            if spec.raw["search"]["type"] == "optuna":
+                plan = load_planned(study_dir)  # what the search drew (it records each draw)
             runs = tracking.runs_by_key(c, experiment_id)
-            cov = coverage(plan, runs) if spec.raw["search"]["type"] == "grid" else _search_coverage(runs)
-            tracking.log_plan(c, launch.parent_id, [t.summary() for t in plan], cov)
-            tracking.describe_study_run(c, experiment_id, launch.parent_id, spec.name, [t.summary() for t in plan])
+            cov = coverage(plan, runs)
+            summaries = plan_summaries(study_dir)  # as saved: a search's rows also name their samples
+            tracking.log_plan(c, launch.parent_id, summaries, cov)
+            tracking.describe_study_run(c, experiment_id, launch.parent_id, spec.name, summaries)
+            search = tracking.search_line(c.get_run(launch.parent_id).data.tags)
             c.set_terminated(launch.parent_id, status=tracking.FINISHED)
             if ray_use.owned:
                 import ray
 
                 ray.shutdown()
-        print(f"dpl: done: {coverage_line(cov)}", file=sys.stderr)
+        print(f"dpl: done: {coverage_line(cov)}" + (f"; {search}" if search else ""), file=sys.stderr)
         for line in tracking.ui_hint(tracking_uri, experiment_id):
             print(f"dpl: {line}", file=sys.stderr)
         if cov.get("failed"):
@@ -311,13 +323,8 @@ def run_study(
 
 
 def coverage_line(cov: dict[str, Any]) -> str:
-    """`8/8 finished, 0 failed, 0 running, 0 pending` (the dict, as a person reads it)."""
-    return (f"{cov.get('finished', 0)}/{cov.get('planned', 0)} finished, {cov.get('failed', 0)} failed, "
+    """`8/8 finished, 0 failed, 0 running, 0 pending` (the dict, as a person reads it; a halving search adds
+    `k stopped early` after the finished count)."""
+    stopped = f"{cov['stopped']} stopped early, " if cov.get("stopped") else ""
+    return (f"{cov.get('finished', 0)}/{cov.get('planned', 0)} finished, {stopped}{cov.get('failed', 0)} failed, "
             f"{cov.get('running', 0)} running, {cov.get('pending', 0)} pending")
-
-
-def _search_coverage(runs: dict[str, Any]) -> dict[str, Any]:
-    statuses = [r.info.status for r in runs.values()]
-    return {"planned": len(statuses), "finished": statuses.count(tracking.FINISHED),
-            "failed": statuses.count(tracking.FAILED) + statuses.count(tracking.KILLED),
-            "running": statuses.count(tracking.RUNNING), "pending": 0}

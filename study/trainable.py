@@ -168,7 +168,7 @@ def run_config_trial(payload: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from trainables.tasks import task_module
+    from trainables.tasks import epoch_metric, task_module
     from trainables.trial import BASELINE_INFO, NO_NETWORK, run_trial
 
     study = payload["study"]
@@ -187,6 +187,9 @@ def run_config_trial(payload: dict[str, Any]) -> None:
         "dpl.directions": json.dumps(task.METRICS),
         "dpl.weights_random": str(config.weights == "random").lower(),
     }
+    declared = epoch_metric(task)
+    if declared:  # what the analysis reads the per-epoch ranking from, and a halving search stops on
+        tags.update({tracking.EPOCH_METRIC_TAG: declared[0], tracking.EPOCH_MODE_TAG: declared[1]})
     if config.network == NO_NETWORK:  # the pixel-loss baseline: analysis reports it beside the ranking
         tags.update({f"dpl.{k}": v for k, v in BASELINE_INFO.items()})
     run_name = (study.get("run_names") or {}).get(key) or tracking.trial_run_name(config)  # distinct in the plan

@@ -21,6 +21,8 @@ DATASETS = ("noise",)
 VARIANTS = ("default",)
 METRICS = {"score": "max", "final_loss": "min"}
 PRIMARY_METRIC = "score"
+#: reported every epoch: minus the loss (what a halving search stops on)
+EPOCH_METRIC = ("val/score", "max")
 _BASE = {"epochs": 2, "sleep_s": 0.0, "fail": False, "kill_at_epoch": 0, "lr": 0.1}
 BUDGETS = {"smoke": dict(_BASE), "quick": dict(_BASE), "paper": dict(_BASE, epochs=5)}
 NETWORKLESS_OK = ("none",)
@@ -56,7 +58,7 @@ def run(config, reporter):
         if p["kill_at_epoch"] == epoch and config.data_root and not marker.exists():
             marker.write_text("x")
             os.kill(os.getpid(), signal.SIGKILL)
-        metrics = {"train/loss": float(loss)}
+        metrics = {"train/loss": float(loss), "val/score": -float(loss)}
         if epoch == p["epochs"]:
             metrics.update(score=-float(loss), final_loss=float(loss))
         with staged_checkpoint({"gain": gain.detach().clone(), "epoch": epoch}) as d:

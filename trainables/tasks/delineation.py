@@ -50,6 +50,9 @@ METRICS = {
     **{f"test/tile_mean/{r}": "max" for r in ("quality", "correctness", "completeness")},  # the reference's
 }
 PRIMARY_METRIC = "test/quality"
+#: Reported every epoch on the validation tiles (the default `select_on`; `select_on: val_bce` changes which
+#: epoch's model is tested, not what a halving search ranks on).
+EPOCH_METRIC = ("val/quality", "max")
 #: network "none" = the pixel-loss baseline (BCE only; no loss network is built).
 NETWORKLESS_OK = (NO_NETWORK,)
 #: `select_on` -> (validation metric, direction) that picks the tested epoch. The total loss is not one:
