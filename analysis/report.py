@@ -157,6 +157,13 @@ def _coverage_intro(search: dict[str, Any] | None) -> str:
     if search is None:
         return "Planned trials (plan.json of the study run) against the runs found, by status. "
     seeds = f"{search['seeds']} seed{'s' if search['seeds'] != 1 else ''}"
+    if search["type"] == "halving":
+        used, grid = search.get("epochs_used", 0), search.get("epochs_grid", 0)
+        return (f"Search (halving): {search['samples']} configurations, each on {seeds}; rungs at epoch "
+                f"{', '.join(map(str, search.get('rungs', [])))}; the trials ran {used} of the grid's {grid} epochs "
+                f"({used / max(grid, 1):.0%}). A trial stopped early at a rung has status STOPPED: it did what the "
+                f"search asked (not a failure) and has no final metrics, so its cells read STOPPED in the tables; "
+                f"`dpl recommend` ranks every candidate by the rung it reached. ")
     return (f"Search ({search['type']}): {search['done']} of {search['samples']} samples done, {search['left']} "
             f"left, each on {seeds}. The table counts the trials the search has drawn so far; configurations it "
             f"did not draw are not missing. ")

@@ -113,7 +113,8 @@ def load_plan(client: MlflowClient, experiment_id: str,
 
 def load_search(client: MlflowClient, experiment_id: str) -> dict[str, Any] | None:
     """A search study's record from its study run's tags (`dpl.search`: optuna | halving, `dpl.search_samples`
-    = the samples it will run, `dpl.search_samples_done`, `dpl.search_seeds`); None for a grid study.
+    = the samples it will run, `dpl.search_samples_done`, `dpl.search_seeds`; a halving search also
+    `dpl.search_rungs`, `dpl.search_max_epochs` and `dpl.search_epochs` = "run/grid"); None for a grid study.
 
     Returns {"type", "samples", "done", "left", "seeds"}: a search's plan.json lists only the trials it has
     drawn, so the configurations it never drew are not missing; these numbers say how much is left."""
@@ -121,8 +122,13 @@ def load_search(client: MlflowClient, experiment_id: str) -> dict[str, Any] | No
         tags = parent.data.tags
         if "dpl.search" in tags:
             total, done = int(tags.get("dpl.search_samples", 0)), int(tags.get("dpl.search_samples_done", 0))
-            return {"type": tags["dpl.search"], "samples": total, "done": done, "left": max(0, total - done),
-                    "seeds": int(tags.get("dpl.search_seeds", 1))}
+            out = {"type": tags["dpl.search"], "samples": total, "done": done, "left": max(0, total - done),
+                   "seeds": int(tags.get("dpl.search_seeds", 1))}
+            if tags.get("dpl.search_rungs"):  # halving: rungs (epochs), last epoch, epochs run / the grid's
+                used, grid = (int(v) for v in tags.get("dpl.search_epochs", "0/0").split("/"))
+                out.update(rungs=[int(r) for r in tags["dpl.search_rungs"].split(",")], epochs_used=used,
+                           epochs_grid=grid, max_epochs=int(tags.get("dpl.search_max_epochs", 0)))
+            return out
     return None
 
 

@@ -8,6 +8,7 @@ under `dpl run --verbose`. Without it the driver gets a `TrialConsole` (as a Tun
     [0:31] epoch 2/3 superres/coco squeezenet1_1@features.1 seed0  val.psnr=21.3046
     [0:44] finished  superres/coco squeezenet1_1@features.1 seed0  test/set5/psnr=22.4112 (higher is better) in 32s
     [0:44] FAILED    autoencoder/stl10 squeezenet1_1@features.1 seed0  DataError: ... (one line)
+    [0:47] stopped   toy/noise alexnet@features.4 seed0  early, at epoch 3/9  val.score=0.51 (halving)
     [0:50] resumed   toy/noise squeezenet1_1@features.1 seed0  from its epoch-1 checkpoint
     [0:44] progress  3/8 finished, 2 running, 1 failed, 2 pending | elapsed 0:44, ETA ~1:05
 
@@ -17,8 +18,9 @@ the primary metric when reported, else a validation metric, else the training lo
 every k-th epoch only (at most `EPOCH_LINES` lines), and its last epoch is left to the `finished` line. On a terminal the progress line stays at the bottom and is redrawn in place (as pip and
 cargo do); in a log file or pipe it is printed after each trial ends, so the log stays short. The
 trainable (`study.trainable`) reports `epoch` and its metrics with '/' replaced by '.', and a last
-result with `dpl_done=1` (final metrics) or `dpl_failed=1` (`error`: one line); this module reads only
-those, plus the trial's config for its name and epoch count.
+result with `dpl_done=1` (final metrics) or `dpl_failed=1` (`error`: one line); a trial whose last result is
+an epoch's was stopped there by a halving search. This module reads only those, plus the trial's config for
+its name and epoch count.
 """
 from __future__ import annotations
 

@@ -322,6 +322,7 @@ def record_progress(c: Any, parent_id: str, halving: Halving, plan: list[Planned
               "stopped": sum(tracking.run_state(runs.get(t.key)) == "stopped" for t in plan)}
     tracking.record_search(c, parent_id, record)
     c.set_tag(parent_id, tracking.SEARCH_RUNGS_TAG, ",".join(map(str, halving.rungs)))
+    c.set_tag(parent_id, tracking.SEARCH_MAX_EPOCHS_TAG, str(halving.max_epochs))
     c.set_tag(parent_id, tracking.SEARCH_EPOCHS_TAG, f"{used}/{grid}")
     return record
 

@@ -401,7 +401,23 @@ def plan_report(spec: StudySpec, compute: bool = True) -> dict[str, Any]:
                              "note": "training passes implied by the budgets (early stopping can only shorten "
                                      "them); FLOPs count a multiply-add as 2; divide by a GPU's sustained "
                                      "FLOP/s for GPU-seconds"}
+    if spec.raw["search"]["type"] == "halving":
+        report["search"] = halving_compute(spec, trials, report.get("compute", {}).get("total_gflops"))
     return report
+
+
+def halving_compute(spec: StudySpec, trials: list[PlannedTrial], grid_gflops: float | None) -> dict[str, Any]:
+    """A halving search's schedule and compute: at most the grid's (every trial to its last epoch), expected
+    the synchronous successive-halving share (`study.halving.Halving.expected_epochs`)."""
+    from study.halving import halving_setup
+
+    h = halving_setup(spec, trials)
+    share = h.expected_epochs() / h.max_epochs
+    return {"type": "halving", "metric": h.metric, "mode": h.mode, "rungs": h.rungs, "max_epochs": h.max_epochs,
+            "reduction_factor": h.reduction_factor, "configurations": h.n_configs, "seeds": h.n_seeds,
+            "max_trial_epochs": h.n_trials * h.max_epochs, "expected_trial_epochs": h.n_trials * h.expected_epochs(),
+            "expected_share": share, "max_gflops": grid_gflops,
+            "expected_gflops": None if grid_gflops is None else grid_gflops * share, "describe": h.describe()}
 
 
 def _fmt_gflops(value: float | None) -> str:
@@ -429,6 +445,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{'total':<12} {'':<11} {report['counts']['total']:>6} {'':>8} {'':>5}  "
                      f"{_fmt_gflops(report['compute']['total_gflops']):>16}")
         lines.append(f"({report['compute']['note']})")
+    if "search" in report:
+        h = report["search"]
+        lines += ["", f"{h['describe']}.",
+                  f"compute: at most {h['max_trial_epochs']} trial-epochs = {_fmt_gflops(h['max_gflops'])} (the grid: "
+                  f"every trial to epoch {h['max_epochs']}); expected {h['expected_trial_epochs']:.0f} trial-epochs = "
+                  f"{_fmt_gflops(h['expected_gflops'])} ({h['expected_share']:.0%}; synchronous successive halving, "
+                  f"ASHA's early promotions run somewhat more: docs/ANALYSIS.md, Halving)"]
     lines += ["", "settings common to every trial of a task:"]
     by_task: dict[str, list[dict[str, Any]]] = {}
     for row in report["trials"]:

@@ -51,6 +51,7 @@ SEARCH_DONE_TAG = "dpl.search_samples_done"
 SEARCH_SEEDS_TAG = "dpl.search_seeds"
 #: A halving search's rungs (epochs, comma-separated) and the epochs its trials ran against the grid's ("41/144").
 SEARCH_RUNGS_TAG, SEARCH_EPOCHS_TAG = "dpl.search_rungs", "dpl.search_epochs"
+SEARCH_MAX_EPOCHS_TAG = "dpl.search_max_epochs"
 #: Fixed names of the public schema (README): these params are logged for every trial.
 CONFIG_PARAMS = ("task", "dataset", "network", "point", "variant", "seed", "weights", "normalisation", "mode",
                  "transform_input", "budget")
@@ -214,7 +215,7 @@ def search_line(tags: dict[str, str]) -> str | None:
     line = (f"search {tags[SEARCH_TAG]}: {done} of {total} {what} done, {max(0, total - done)} left "
             f"(each on {seeds} seed{'s' if seeds != '1' else ''})")
     if tags.get(SEARCH_RUNGS_TAG):
-        line += f"; rungs at epoch {tags[SEARCH_RUNGS_TAG].replace(',', ', ')}"
+        line += f"; rungs at epoch {tags[SEARCH_RUNGS_TAG].replace(',', ', ')} of {tags.get(SEARCH_MAX_EPOCHS_TAG, '?')}"
     if tags.get(SEARCH_EPOCHS_TAG):
         used, grid = (int(v) for v in tags[SEARCH_EPOCHS_TAG].split("/"))
         line += f"; {used} of the grid's {grid} epochs run ({used / max(grid, 1):.0%})"
