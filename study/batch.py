@@ -2,7 +2,7 @@
 
 Both ways of choosing what to run use it: the grid (`study.driver`) hands it every unfinished trial of the
 plan, a search (`study.search`, `study.halving`) hands it the trials of its samples. It knows nothing of
-how they were chosen, so imports run one way: driver -> search -> batch, driver -> batch.
+how they were chosen, so imports run one way: driver -> halving -> search -> batch, driver -> batch.
 """
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from study import tracking
 from study.batch import close_orphans, run_batch
 from study.plan import PlannedTrial, longest_first
+from study.search import _fail, samples_done
 from study.spec import StudySpec
 from trainables.config import ConfigError, TrialConfig, trial_key
 from trainables.tasks import epoch_metric, epochs, task_module
@@ -92,10 +93,6 @@ class Halving:
         return (f"halving search on {self.metric} ({self.mode}) over {self.n_configs} configurations x "
                 f"{self.n_seeds} seed(s): rungs at epoch {rungs} of {self.max_epochs}, about 1 in "
                 f"{self.reduction_factor:g} trials passes each")
-
-
-def _fail(key: str, problem: str, fix: str) -> ConfigError:
-    return ConfigError(f"study spec: {key}: {problem}; {fix}")
 
 
 def halving_setup(spec: StudySpec, plan: list[PlannedTrial]) -> Halving:
@@ -307,8 +304,6 @@ def record_progress(c: Any, parent_id: str, halving: Halving, plan: list[Planned
                     used: int) -> dict[str, Any]:
     """The search's record on the study run (`search.json`, tags): configurations (its samples) done and
     left, the rungs, and the epochs used against the grid's."""
-    from study.search import samples_done
-
     configs: dict[str, int] = {}
     samples = {t.key: [configs.setdefault(config_id({**t.config.to_dict(), "seed": 0}), len(configs))] for t in plan}
     done = samples_done(samples, runs)

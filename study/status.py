@@ -61,7 +61,7 @@ def study_status(study_dir: Path, tracking_uri: str | None = None) -> dict[str, 
     experiment_id = exp.experiment_id if exp else None
     base = tracking.ui_base_url(tracking_uri)
     parent = tracking.study_run(c, experiment_id) if exp else None
-    search = _search(parent.data.tags if parent else {}, spec.raw)
+    search = _search(parent.data.tags if parent else {}, spec.raw, len(plan))
     return {"study": spec.name, "study_dir": str(spec.study_dir), "tracking_uri": tracking_uri,
             "driver_running": alive, "tasks": tasks, "total": total, "failures": failures, "stopped": stopped,
             "search": search,
@@ -69,13 +69,15 @@ def study_status(study_dir: Path, tracking_uri: str | None = None) -> dict[str, 
             "ui_url": tracking.runs_page_url(base, experiment_id) if base and experiment_id else None}
 
 
-def _search(tags: dict[str, str], raw: dict[str, Any]) -> dict[str, Any] | None:
+def _search(tags: dict[str, str], raw: dict[str, Any], planned: int = 0) -> dict[str, Any] | None:
     """A search study's progress as its driver last recorded it (study-run tags): type, samples (the
-    budget), done, left, seeds each sample runs on; before the first record, the spec's. None for a grid."""
+    budget), done, left, seeds each sample runs on; before the first record, the spec's (a halving search's
+    samples: its `planned` trials' configurations). None for a grid."""
     kind = raw["search"].get("type", "grid")
     if kind == "grid":
         return None
-    recorded = {tracking.SEARCH_TAG: kind, tracking.SEARCH_SAMPLES_TAG: str(raw["search"].get("num_samples", 0)),
+    budget = raw["search"].get("num_samples") or planned // max(1, len(raw["seeds"]))
+    recorded = {tracking.SEARCH_TAG: kind, tracking.SEARCH_SAMPLES_TAG: str(budget),
                 tracking.SEARCH_DONE_TAG: "0", tracking.SEARCH_SEEDS_TAG: str(len(raw["seeds"])), **tags}
     total, done = int(recorded[tracking.SEARCH_SAMPLES_TAG]), int(recorded[tracking.SEARCH_DONE_TAG])
     return {"type": kind, "samples": total, "done": done, "left": max(0, total - done),

@@ -213,3 +213,27 @@ def test_dpl_plan_shows_the_maximum_and_expected_compute(tmp_path, capsys) -> No
     text = capsys.readouterr().out
     assert "rungs at epoch 1, 3 of 9" in text and "at most 36 trial-epochs" in text and "expected 9 trial-epochs" in text
     assert math.isclose(search["expected_share"], (1 + 2 / 3 + 6 / 9) / 9)
+
+
+def test_candidates_rank_by_the_rung_reached_then_by_the_value_there() -> None:
+    """What `dpl recommend` shows for a halving study (analysis.recommend.halving_rank), by hand: a cell that
+    ran to the end ranks above one stopped at rung 3 even with a lower value; a cell's rung is the lowest its
+    seeds reached, its score their mean at that rung (the value logged at the rung's epoch)."""
+    from analysis.recommend import halving_rank
+
+    trials = [
+        {"cell": "end-low", "finished": True, "history": {1: 0.2, 2: 0.3, 3: 0.4, 9: 0.45}},
+        {"cell": "rung3-high", "finished": False, "history": {1: 0.5, 2: 0.6, 3: 0.7}},
+        {"cell": "seeds", "finished": True, "history": {1: 0.3, 3: 0.6, 9: 0.9}},
+        {"cell": "seeds", "finished": False, "history": {1: 0.1, 2: 0.2, 3: 0.4}},  # stopped at 3: the cell too
+        {"cell": "rung1", "finished": False, "history": {1: 0.9}},
+        {"cell": "never", "finished": False, "history": {}},
+    ]
+    ranked = halving_rank(trials, [1, 3], 9, "max")
+    assert [(c["cell"], c["level"]) for c in ranked] == [
+        ("end-low", 9), ("rung3-high", 3), ("seeds", 3), ("rung1", 1), ("never", 0)]
+    seeds = next(c for c in ranked if c["cell"] == "seeds")
+    assert seeds["score"] == pytest.approx((0.6 + 0.4) / 2) and seeds["seeds"] == 2
+    assert ranked[0]["score"] == 0.45 and math.isnan(ranked[-1]["score"])
+    low_first = halving_rank(trials, [1, 3], 9, "min")  # min metrics: lower is better within a rung
+    assert [c["cell"] for c in low_first][1:3] == ["seeds", "rung3-high"]

@@ -248,11 +248,11 @@ def test_killed_search_relaunched_continues_the_same_search(tmp_path) -> None:
 
 def test_smoke_halving_study_on_a_real_task_runs_and_is_analysed(tmp_path) -> None:
     """The autoencoder at smoke budget on synthetic SVHN (its EPOCH_METRIC: the per-epoch linear probe),
-    2 networks x 2 points, 4 epochs, factor 2 (rungs at epochs 1 and 2): some trials stop, the others finish
+    2 networks x 2 points, 3 epochs, factor 2 (rungs at epochs 1 and 2): some trials stop, the others finish
     with their probe metrics, `dpl analyze` reports it. ~60 s on 2 idle cores (printed)."""
     spec = {"name": "ae", "weights": "random", "networks": ["squeezenet1_1", "alexnet"], "points": ["p1", "p2"],
             "seeds": [0], "tasks": {"autoencoder": {"data": "synthetic", "datasets": ["svhn"],
-                                                    "params": {"epochs": 4, "patience": 4}}},
+                                                    "params": {"epochs": 3, "patience": 3}}},
             "search": {"type": "halving", "grace_epochs": 1, "reduction_factor": 2},
             "resources": {"cpu": 1}, "max_concurrent": 2, "ray": {"num_cpus": 2}}
     (tmp_path / "ae.yaml").write_text(yaml.safe_dump(spec))
