@@ -140,6 +140,18 @@ def halving_setup(spec: StudySpec, plan: list[PlannedTrial]) -> Halving:
     return halving
 
 
+def plan_section(spec: StudySpec, trials: list[PlannedTrial], grid_gflops: float | None) -> dict[str, Any]:
+    """`dpl plan`'s section of a halving search: its rungs and compute, at most the grid's `grid_gflops` (every
+    trial to its last epoch), expected the synchronous successive-halving share (`Halving.expected_epochs`)."""
+    h = halving_setup(spec, trials)
+    share = h.expected_epochs() / h.max_epochs
+    return {"type": "halving", "metric": h.metric, "mode": h.mode, "rungs": h.rungs, "max_epochs": h.max_epochs,
+            "reduction_factor": h.reduction_factor, "configurations": h.n_configs, "seeds": h.n_seeds,
+            "max_trial_epochs": h.n_trials * h.max_epochs, "expected_trial_epochs": h.n_trials * h.expected_epochs(),
+            "expected_share": share, "max_gflops": grid_gflops,
+            "expected_gflops": None if grid_gflops is None else grid_gflops * share, "describe": h.describe()}
+
+
 class HalvingScheduler(AsyncHyperBandScheduler):
     """Ray's ASHA for one halving search, keyed by trial key, without a rung at max_epochs, recording its
     stops (module docstring). `keys`: `config_id` -> trial key; `on_stop(key, epoch, value)` is called when

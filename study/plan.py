@@ -379,9 +379,10 @@ def _add(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a + b
 
 
-def plan_report(spec: StudySpec, compute: bool = True) -> dict[str, Any]:
-    """What `dpl plan` shows; reads the spec and the loss-network metadata, writes nothing."""
-    trials = expand(spec)
+def plan_report(spec: StudySpec, compute: bool = True, trials: list[PlannedTrial] | None = None) -> dict[str, Any]:
+    """What `dpl plan` shows; reads the spec and the loss-network metadata, writes nothing. `trials`: the
+    spec's `expand`, when the caller has it (a halving search adds its own section: `study.halving`)."""
+    trials = expand(spec) if trials is None else trials
     rows = [t.row() for t in trials]
     report: dict[str, Any] = {
         "study": spec.name, "storage": str(spec.study_dir), "data_root": spec.raw.get("data_root"),
@@ -401,23 +402,7 @@ def plan_report(spec: StudySpec, compute: bool = True) -> dict[str, Any]:
                              "note": "training passes implied by the budgets (early stopping can only shorten "
                                      "them); FLOPs count a multiply-add as 2; divide by a GPU's sustained "
                                      "FLOP/s for GPU-seconds"}
-    if spec.raw["search"]["type"] == "halving":
-        report["search"] = halving_compute(spec, trials, report.get("compute", {}).get("total_gflops"))
     return report
-
-
-def halving_compute(spec: StudySpec, trials: list[PlannedTrial], grid_gflops: float | None) -> dict[str, Any]:
-    """A halving search's schedule and compute: at most the grid's (every trial to its last epoch), expected
-    the synchronous successive-halving share (`study.halving.Halving.expected_epochs`)."""
-    from study.halving import halving_setup
-
-    h = halving_setup(spec, trials)
-    share = h.expected_epochs() / h.max_epochs
-    return {"type": "halving", "metric": h.metric, "mode": h.mode, "rungs": h.rungs, "max_epochs": h.max_epochs,
-            "reduction_factor": h.reduction_factor, "configurations": h.n_configs, "seeds": h.n_seeds,
-            "max_trial_epochs": h.n_trials * h.max_epochs, "expected_trial_epochs": h.n_trials * h.expected_epochs(),
-            "expected_share": share, "max_gflops": grid_gflops,
-            "expected_gflops": None if grid_gflops is None else grid_gflops * share, "describe": h.describe()}
 
 
 def _fmt_gflops(value: float | None) -> str:

@@ -121,15 +121,16 @@ def test_rebuild_replays_the_rungs_a_killed_driver_held_and_finds_its_lost_stops
     """The values MLflow holds, replayed in logging order, give the rungs a live scheduler built from the
     same results; a RUNNING trial the replay stops (its stop was never recorded) is returned, so is one
     whose stop tags were written but not its FINISHED status; finished and recorded stops are not."""
-    events = {  # key -> (timestamp, epoch, value); a: finished, b: stopped and recorded, c: lost stop
-        "a": [(1, 1, 0.5), (4, 2, 0.6), (5, 3, 0.7), (9, 9, 0.9)],
+    events = {  # key -> (timestamp, epoch, value); a: finished, b: stopped and recorded
+        "a": [(1, 1, 0.5), (6, 2, 0.6), (7, 3, 0.7), (11, 9, 0.9)],
         "b": [(2, 1, 0.4)],
-        "c": [(3, 1, 0.9), (6, 2, 0.5), (7, 3, 0.1)],  # passed rung 1, below the cutoff at rung 3
+        "c": [(3, 1, 0.9), (4, 2, 0.5), (5, 3, 0.65)],  # first at rung 3 (before a's 0.7 there): goes on
         "d": [(8, 1, 0.95)],  # interrupted after epoch 1: passes rung 1, resumes
         "e": [(10, 1, 0.2)],  # its stop was being recorded when the driver died: tags, no FINISHED
+        "f": [(9, 1, 0.3)],  # below rung 1's cutoff, the driver died before recording it: a lost stop
     }
     runs = {"a": run("a", "FINISHED"), "b": run("b", "FINISHED", stopped=1), "c": run("c", "RUNNING"),
-            "d": run("d", "RUNNING"), "e": run("e", "RUNNING", stopped=1)}
+            "d": run("d", "RUNNING"), "e": run("e", "RUNNING", stopped=1), "f": run("f", "RUNNING")}
     keys = list(events)
     live = scheduler(halving(), keys)
     for ts, key, epoch, value in sorted((ts, k, ep, v) for k, evs in events.items() for ts, ep, v in evs):
@@ -137,7 +138,7 @@ def test_rebuild_replays_the_rungs_a_killed_driver_held_and_finds_its_lost_stops
     rebuilt = scheduler(halving(), keys)
     late = rebuild(rebuilt, History(events), runs, planned(keys), halving())
     assert rebuilt.recorded() == live.recorded()
-    assert late == {"c": (3, 0.1), "e": (1, 0.1)}
+    assert late == {"f": (1, 0.3), "e": (1, 0.1)}  # in logging order c passed rung 3 (by key order it would not)
     # d resumes: its passed rung is recorded under its key, so its next epochs are not compared there again
     assert rebuilt.on_trial_result(None, trial("d"), result(2, 0.0)) == "CONTINUE"
 

@@ -1,7 +1,7 @@
 """The planted-truth harness (bench/halving_sim.py) on the study's own scheduler, small and fast.
 
 The study's `HalvingScheduler` must find the grid's best cell among its top 3 in most repetitions of an
-easy world while running at most half the grid's epochs; a scheduler that never stops runs the whole grid,
+world with rank crossings while running at most half the grid's epochs; a scheduler that never stops runs the whole grid,
 one that stops at random (as often as the real one) loses the best cell: the harness must tell them apart,
 and a broken scheduler in study/halving.py fails the first test.
 """
@@ -20,7 +20,7 @@ from halving_sim import WORLDS, halving_of, order, replay, simulate, wilson  # n
 from study.halving import HalvingScheduler  # noqa: E402
 
 #: small: 24 cells, 9 epochs (rungs at 1 and 3 with factor 3), 80 repetitions in a few seconds
-WORLD = replace(WORLDS["easy"], cells=24, epochs=9)
+WORLD = replace(WORLDS["crossing"], cells=24, epochs=9)
 REPS = 80
 
 
