@@ -267,7 +267,8 @@ def simulate(world: World, grace: int, rf: float, reps: int, concurrency: int, s
              engine: str = "replay", epoch_s: float = 0.002, make: Callable[..., Any] = HalvingScheduler,
              storage: Path | None = None) -> dict[str, float]:
     """`reps` repetitions of one setting in one world; the figures of `Tally.row`."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the worlds and orders: the same draws for every engine and setting
+    pick = np.random.default_rng(seed + 1)  # random search's picks (their number depends on the outcome)
     halving = halving_of(world, grace, rf)
     tally = Tally()
     for _ in range(reps):
@@ -277,7 +278,7 @@ def simulate(world: World, grace: int, rf: float, reps: int, concurrency: int, s
             out = tune_run(draw, halving, trials, concurrency, epoch_s, storage or Path("/tmp/dpl-halving-sim"))
         else:
             out = replay(draw, halving, trials, concurrency, make)
-        tally.add(draw, out, world, rng)
+        tally.add(draw, out, world, pick)
     return tally.row()
 
 
