@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.runs import aggregate_seeds, client_for, load_results
+from analysis.runs import aggregate_seeds, client_for, find_experiment, load_results, load_search
+from analysis.uncertainty import _history
 
 
 def pareto_front(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -86,6 +87,10 @@ def recommend(tracking_uri: str | None, experiment: str, task: str, dataset: str
         notes.append("RANDOM loss-network weights: this ranks random networks, not ImageNet features.")
     if trials["synthetic_data"].fillna(False).astype(bool).any():
         notes.append("SYNTHETIC data (smoke study): the scores test the pipeline, they are not results.")
+    client = client_for(tracking_uri)
+    search = load_search(client, find_experiment(client, experiment).experiment_id)
+    if search is not None and search["type"] == "halving":
+        return _halving_answer(client, experiment, task, dataset, trials, search, notes, top)
     cells = aggregate_seeds(sub)
     cells = cells[cells["n"] > 0]
     if cells.empty:
@@ -122,14 +127,105 @@ def recommend(tracking_uri: str | None, experiment: str, task: str, dataset: str
             "python": line}
 
 
+def _level(history: dict[int, float], finished: bool, rungs: list[int], max_epochs: int) -> int:
+    """The highest rung a trial reached (its epoch), `max_epochs` for one that ran to its end, 0 for none."""
+    if finished and history:
+        return max_epochs
+    last = max(history, default=0)
+    return max((r for r in rungs if r <= last), default=0)
+
+
+def _at(history: dict[int, float], epoch: int) -> float:
+    """The value a rung at `epoch` compared: the first one logged at or after it (ASHA's rule)."""
+    later = [e for e in sorted(history) if e >= epoch]
+    return history[later[0]] if later else math.nan
+
+
+def halving_rank(trials: list[dict[str, Any]], rungs: list[int], max_epochs: int, mode: str) -> list[dict[str, Any]]:
+    """The candidates of a halving search, best first: by the highest rung reached, then by the selection
+    metric there. `trials`: {"cell": any hashable (the candidate), "finished": ran to its end,
+    "history": {epoch: value}}. A cell's rung is the lowest its seeds (trials) reached, its score their mean
+    at that rung. Returns {"cell", "level" (epoch; max_epochs = the end; 0 = none), "score", "std", "seeds"}.
+    Shared by `dpl recommend` and the planted-truth harness (bench/halving_sim.py), so the harness measures
+    the ranking a user gets."""
+    sign = -1.0 if mode == "min" else 1.0
+    by_cell: dict[Any, list[dict[str, Any]]] = {}
+    for t in trials:
+        by_cell.setdefault(t["cell"], []).append(t)
+    out = []
+    for cell, group in by_cell.items():
+        level = min(_level(t["history"], t["finished"], rungs, max_epochs) for t in group)
+        values = [_at(t["history"], level) for t in group] if level else []
+        out.append({"cell": cell, "level": level, "score": float(np.mean(values)) if values else math.nan,
+                    "std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan, "seeds": len(group)})
+    return sorted(out, key=lambda c: (c["level"], sign * c["score"] if not math.isnan(c["score"]) else -math.inf),
+                  reverse=True)
+
+
+def _halving_answer(client: Any, experiment: str, task: str, dataset: str, trials: pd.DataFrame,
+                    search: dict[str, Any], notes: list[str], top: int) -> dict[str, Any]:
+    """`recommend` for a halving study: candidates ranked by `halving_rank`, compute used against the
+    grid's, and the candidates never taken past the first rung (docs/ANALYSIS.md, Halving)."""
+    started = trials[trials["epoch_metric"] != ""]
+    if started.empty:
+        raise LookupError(f"no trial of {task}/{dataset} in study {experiment!r} has reported its selection metric")
+    metric, mode = str(started["epoch_metric"].iloc[0]), str(started["epoch_metric_mode"].iloc[0])
+    hist = {r.run_id: _history(client, r.run_id, metric) for r in started.itertuples()}
+    rungs = search["rungs"]
+    max_epochs = search.get("max_epochs") or max(max(h, default=0) for h in hist.values())
+    used = sum(max(h, default=0) for h in hist.values())
+    grid = len(trials) * max_epochs
+    cell_of = {r.run_id: (r.model, r.point, r.setting, bool(r.is_baseline)) for r in started.itertuples()}
+    ranked = halving_rank([{"cell": cell_of[r.run_id], "finished": r.status == "FINISHED", "history": hist[r.run_id]}
+                           for r in started.itertuples()], rungs, max_epochs, mode)
+    extra = started.groupby(["model", "point", "setting", "is_baseline"]).agg(
+        final=("value", lambda v: v.mean()), all_finished=("status", lambda s: (s == "FINISHED").all()),
+        gflops=("gflops_to_point", "first"))
+    has_cost = bool(extra["gflops"].notna().any())
+    rows, base = [], []
+    for c in ranked:
+        info = extra.loc[c["cell"]]
+        if c["cell"][3]:
+            base.append(c["score"])
+            continue
+        lo, hi = _interval(c["score"], c["std"], c["seeds"])
+        row = {"rank": len(rows) + 1, "network": c["cell"][0], "point": c["cell"][1], "setting": c["cell"][2],
+               "rung": "end" if c["level"] == max_epochs else (f"epoch {c['level']}" if c["level"] else "none"),
+               "score": c["score"], "ci_low": lo, "ci_high": hi, "seeds": c["seeds"],
+               "final": float(info["final"]) if info["all_finished"] else math.nan}
+        if has_cost:
+            row["gflops"] = info["gflops"]
+        rows.append(row)
+    first = [f"{r['network']}@{r['point']}" for r in rows if r["rung"] in (f"epoch {rungs[0]}", "none")]
+    notes += [f"halving search: ranked by {metric} ({mode}) at the highest rung each candidate reached (rungs at "
+              f"epoch {', '.join(map(str, rungs))}; 'end' = it ran all {max_epochs} epochs; a cell's rung is the "
+              f"lowest its seeds reached); 'final' is the primary metric of candidates that ran to the end.",
+              f"compute: the search ran {used} of the grid's {grid} epochs ({used / max(grid, 1):.0%}), "
+              f"saving {1 - used / max(grid, 1):.0%} against running every trial to the end.",
+              f"never taken past the first rung (epoch {rungs[0]}): {len(first)} of {len(rows)} candidates"
+              + (f": {', '.join(first)}" if first else "") + "."]
+    sign = -1.0 if mode == "min" else 1.0
+    ended = [r for r in rows if r["rung"] == "end"]
+    front = []
+    if has_cost and ended:
+        mask = pareto_front(np.array([sign * r["score"] for r in ended]), np.array([r["gflops"] for r in ended]))
+        front = sorted((ended[i] for i in np.flatnonzero(mask)), key=lambda x: x["gflops"])
+    return {"experiment": experiment, "task": task, "dataset": dataset, "metric": metric, "direction": mode,
+            "notes": notes, "has_cost": has_cost, "n_candidates": len(rows),
+            "baseline": float(np.mean(base)) if base else None, "rows": rows[:top], "pareto": front,
+            "search": {"type": "halving", "rungs": rungs, "max_epochs": max_epochs, "epochs_used": used,
+                       "epochs_grid": grid, "never_past_first_rung": first}}
+
+
 def format_text(answer: dict[str, Any]) -> str:
     """The answer as plain text lines: notes first, then the top table and the Pareto front."""
     better = "higher" if answer["direction"] != "min" else "lower"
     lines = [f"{answer['task']}/{answer['dataset']} in study {answer['experiment']}: {answer['metric']} "
              f"({better} is better), {answer['n_candidates']} (network, point) candidates"]
     lines += [f"NOTE: {n}" for n in answer["notes"]]
-    cols = ["rank", "network", "point", "setting", "score", "ci_low", "ci_high", "seeds"] + (
-        ["gflops"] if answer["has_cost"] else [])
+    halving = ["rung"] if answer.get("search", {}).get("type") == "halving" else []
+    cols = ["rank", "network", "point", "setting", *halving, "score", "ci_low", "ci_high", "seeds",
+            *(["final"] if halving else []), *(["gflops"] if answer["has_cost"] else [])]
 
     def table(rows: list[dict]) -> list[str]:
         frame = pd.DataFrame(rows, columns=cols)

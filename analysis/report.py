@@ -17,13 +17,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from analysis.claims import baseline_comparison, recipe_pairs, run_claims, summary
 from analysis.conventions import TestResult, run_all
 from analysis.figures import Drawn, make_figures
-from analysis.runs import aggregate_seeds, client_for, coverage, coverage_summary, find_experiment, load_results
+from analysis.runs import (aggregate_seeds, client_for, coverage, coverage_summary, find_experiment, load_results,
+                           load_search)
 from analysis.tables import (
     Shown, average_rank_display, average_ranks, best_points, group_name, groups, rank_table, score_display, slug,
     to_markdown, write_tables,
@@ -151,9 +153,27 @@ def _figure_parts(figures: list[Drawn] | None) -> list:
     return parts
 
 
+def _coverage_intro(search: dict[str, Any] | None) -> str:
+    """The Coverage section's first sentence: a grid's plan, or how far a search is (`runs.load_search`)."""
+    if search is None:
+        return "Planned trials (plan.json of the study run) against the runs found, by status. "
+    seeds = f"{search['seeds']} seed{'s' if search['seeds'] != 1 else ''}"
+    if search["type"] == "halving":
+        used, grid = search.get("epochs_used", 0), search.get("epochs_grid", 0)
+        return (f"Search (halving): {search['samples']} configurations, each on {seeds}; rungs at epoch "
+                f"{', '.join(map(str, search.get('rungs', [])))}; the trials ran {used} of the grid's {grid} epochs "
+                f"({used / max(grid, 1):.0%}). A trial stopped early at a rung has status STOPPED: it did what the "
+                f"search asked (not a failure) and has no final metrics, so its cells read STOPPED in the tables; "
+                f"`dpl recommend` ranks every candidate by the rung it reached. ")
+    return (f"Search ({search['type']}): {search['done']} of {search['samples']} samples done, {search['left']} "
+            f"left, each on {seeds}. The table counts the trials the search has drawn so far; configurations it "
+            f"did not draw are not missing. ")
+
+
 def _sections(df: pd.DataFrame, cells: pd.DataFrame, plan: list, conv: pd.DataFrame,
               claims: pd.DataFrame, uncertainty: dict[str, pd.DataFrame] | None = None,
-              figures: list[Drawn] | None = None, comparison: Section | None = None) -> list[Section]:
+              figures: list[Drawn] | None = None, comparison: Section | None = None,
+              search: dict[str, Any] | None = None) -> list[Section]:
     """The report's sections in reading order: claims, average ranks, the figures, the tables, then the
     detail (coverage, baselines, uncertainty, convention tests, protocol comparison, more heatmaps). Shared
     by the Markdown and HTML renderers, so both say the same in the same order."""
@@ -192,8 +212,7 @@ def _sections(df: pd.DataFrame, cells: pd.DataFrame, plan: list, conv: pd.DataFr
                 "name; 'best point' names it), each network's best cell in bold; '± std (n=seeds)' when several "
                 "seeds ran; the status for failed or missing cells.",
                 _table_parts(tables, "No tables: the study has no trials yet.")),
-        Section("Coverage", "Planned trials (plan.json of the study run) against the runs found, by status. "
-                            "Non-finished trials are listed below with their error.",
+        Section("Coverage", _coverage_intro(search) + "Non-finished trials are listed below with their error.",
                 _table_parts({"summary": cov_summary}, "No trials planned or found.")
                 + _table_parts({"not finished": failed}, "Every trial finished.")),
         Section("Pixel baselines", "Per benchmark, the pixel-loss baseline (network none) beside the loss "
@@ -438,7 +457,8 @@ def analyze(tracking_uri: str | None, experiment: str, out_dir: Path, seed: int 
                            "correlation of the two studies' rankings per benchmark over the networks both ranked "
                            "(n), and the networks whose average rank moves most (change = second - first).",
                            _table_parts(comparison, "Nothing to compare."))
-    sections = _sections(df, cells, plan, conv, claims, uncertainty, drawn, compared)
+    sections = _sections(df, cells, plan, conv, claims, uncertainty, drawn, compared,
+                         load_search(client, exp.experiment_id))
     (out_dir / "report.md").write_text(render_markdown(title, warnings, sections, out_dir))
     report = out_dir / "report.html"
     report.write_text(render_html(title, warnings, sections))

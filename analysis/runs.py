@@ -19,8 +19,9 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-#: Statuses of a planned trial; "missing" = planned but no run exists.
-STATUSES = ("FINISHED", "FAILED", "RUNNING", "KILLED", "SCHEDULED", "missing")
+#: Statuses of a planned trial; "missing" = planned but no run exists; "STOPPED" = a FINISHED run that a halving
+#: search stopped early (tag `dpl.stopped_early` = the epoch): it has no final metrics, and never failed.
+STATUSES = ("FINISHED", "STOPPED", "FAILED", "RUNNING", "KILLED", "SCHEDULED", "missing")
 #: The settings that change what a score means. Only those that vary *within* a benchmark (task + dataset)
 #: split its tables and tests: the similarity task's `baseline` variant beside the other tasks' `default`, or
 #: per-task conditions (the reference's normalisation/mode per task), are one study, not several.
@@ -43,7 +44,7 @@ RAW_COLUMNS = _COLUMNS = [
     "weights", "weights_set", "weights_kind", "normalisation", "mode", "transform_input", "budget", "point",
     "position", "relative_depth", "family", "has_batch_norm", "imagenet_top1", "arch_imagenet_top1",
     "top1_fallback", "weights_random", "synthetic_data", "primary_metric", "baseline_tag", "gflops_to_point",
-    "distance", "metric", "direction", "value",
+    "distance", "epoch_metric", "epoch_metric_mode", "stopped_epoch", "metric", "direction", "value",
 ]
 
 
@@ -110,6 +111,27 @@ def load_plan(client: MlflowClient, experiment_id: str,
     return list(plan.values())
 
 
+def load_search(client: MlflowClient, experiment_id: str) -> dict[str, Any] | None:
+    """A search study's record from its study run's tags (`dpl.search`: optuna | halving, `dpl.search_samples`
+    = the samples it will run, `dpl.search_samples_done`, `dpl.search_seeds`; a halving search also
+    `dpl.search_rungs`, `dpl.search_max_epochs` and `dpl.search_epochs` = "run/grid"); None for a grid study.
+
+    Returns {"type", "samples", "done", "left", "seeds"}: a search's plan.json lists only the trials it has
+    drawn, so the configurations it never drew are not missing; these numbers say how much is left."""
+    for parent in sorted(_search(client, experiment_id, "study"), key=lambda r: -(r.info.start_time or 0)):
+        tags = parent.data.tags
+        if "dpl.search" in tags:
+            total, done = int(tags.get("dpl.search_samples", 0)), int(tags.get("dpl.search_samples_done", 0))
+            out = {"type": tags["dpl.search"], "samples": total, "done": done, "left": max(0, total - done),
+                   "seeds": int(tags.get("dpl.search_seeds", 1))}
+            if tags.get("dpl.search_rungs"):  # halving: rungs (epochs), last epoch, epochs run / the grid's
+                used, grid = (int(v) for v in tags.get("dpl.search_epochs", "0/0").split("/"))
+                out.update(rungs=[int(r) for r in tags["dpl.search_rungs"].split(",")], epochs_used=used,
+                           epochs_grid=grid, max_epochs=int(tags.get("dpl.search_max_epochs", 0)))
+            return out
+    return None
+
+
 def _float(value: str | None) -> float:
     try:
         return float(value) if value not in (None, "") else math.nan
@@ -137,12 +159,15 @@ def _run_rows(run: Run) -> list[dict[str, Any]]:
         directions = {}
     top1 = _float(params.get("imagenet_top1"))
     arch_top1 = _float(params.get("arch_imagenet_top1"))
+    stopped = tags.get("dpl.stopped_early", "") if run.info.status == "FINISHED" else ""
     base = {
         "run_id": run.info.run_id,
         "trial_key": tags.get("dpl.trial_key", run.info.run_id),
-        "status": run.info.status,
+        "status": "STOPPED" if stopped else run.info.status,
         "start_time": run.info.start_time or 0,
-        "error": tags.get("dpl.error", ""),
+        "error": tags.get("dpl.error", "") or (
+            f"stopped early by the halving search at epoch {stopped} ({tags.get('dpl.epoch_metric', '')}="
+            f"{tags.get('dpl.stopped_metric', '')})" if stopped else ""),
         "task": params.get("task", ""),
         "dataset": params.get("dataset", ""),
         "variant": params.get("variant", ""),
@@ -172,6 +197,10 @@ def _run_rows(run: Run) -> list[dict[str, Any]]:
         "gflops_to_point": _float(params.get("gflops_to_point")),
         # how the task used the loss network (lpips | mse; absent for runs logged before the param existed)
         "distance": params.get("distance", ""),
+        # the per-epoch selection metric the task declared (tags; absent on runs made before: "")
+        "epoch_metric": tags.get("dpl.epoch_metric", ""),
+        "epoch_metric_mode": tags.get("dpl.epoch_metric_mode", ""),
+        "stopped_epoch": _float(stopped),
     }
     if not directions:
         return [{**base, "metric": "", "direction": "", "value": math.nan}]

@@ -32,10 +32,6 @@ N_BOOT = 2000
 FLIP_ALPHA = 0.05
 #: The ranking "has settled" from the first epoch after which Kendall tau to the final ranking stays >= this.
 TAU = 0.9
-#: Per-epoch metric to use where a task logs its primary (test) metric only once, at the end (the engine's
-#: tasks do: the test set is scored after the last epoch). Names from the public schema's `val/...` metrics.
-EPOCH_METRICS = {"superres": ("val/psnr", "max"), "similarity": ("val/2afc", "max"),
-                 "delineation": ("val/quality", "max"), "autoencoder": ("val/loss", "min")}
 
 
 @dataclass
@@ -159,13 +155,14 @@ def _history(client: MlflowClient, run_id: str, metric: str) -> dict[int, float]
 
 def _epoch_metric(client: MlflowClient, trials: pd.DataFrame) -> tuple[str, str, str]:
     """(metric, direction, source) whose per-epoch history ranks this benchmark: the primary metric when it
-    has more than one logged step, else the task's `EPOCH_METRICS` entry when logged; ("", "", why) if none.
+    has more than one logged step, else the per-epoch selection metric the task declared (the run's tags
+    `dpl.epoch_metric` / `dpl.epoch_metric_mode`, its EPOCH_METRIC) when logged; ("", "", why) if none.
     Probed on one run, so a benchmark costs one extra history read at most."""
     first = trials.iloc[0]
     primary, direction = str(first["metric"]), str(first["direction"])
     if len(_history(client, first["run_id"], primary)) > 1:
         return primary, direction, "primary metric"
-    metric, direction = EPOCH_METRICS.get(str(first["task"]), ("", ""))
+    metric, direction = str(first.get("epoch_metric") or ""), str(first.get("epoch_metric_mode") or "")
     if metric and len(_history(client, first["run_id"], metric)) > 1:
         return metric, direction, f"{metric} (the primary metric {primary} is logged once)"
     return "", "", f"no per-epoch history of {primary}" + (f" or {metric}" if metric else "")

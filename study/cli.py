@@ -287,13 +287,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The resolved trials, counts and compute of a study, without Ray, MLflow or writing anything."""
-    from study.plan import format_report, plan_report
+    from study.plan import expand, format_report, plan_report
     from study.resources import use_gpu_memory
     from study.spec import load_spec
 
     spec = load_spec(args.spec, preset=args.preset, overrides=args.set, storage=args.storage, data_root=args.data_root)
     use_gpu_memory(spec, args.gpu_memory)
-    report = plan_report(spec, compute=not args.no_compute, gpu_tflops=args.gpu_tflops)
+    trials = expand(spec)
+    report = plan_report(spec, compute=not args.no_compute, gpu_tflops=args.gpu_tflops, trials=trials)
+    if spec.raw["search"]["type"] == "halving":  # its rungs and compute (imports Ray Tune's scheduler: seconds)
+        from study.halving import plan_section
+
+        report["search"] = plan_section(spec, trials, report.get("compute", {}).get("total_gflops"))
     _print_json(report) if args.json else print(format_report(report))
     return 0
 

@@ -8,6 +8,7 @@ under `dpl run --verbose`. Without it the driver gets a `TrialConsole` (as a Tun
     [0:31] epoch 2/3 superres/coco squeezenet1_1@features.1 seed0  val.psnr=21.3046
     [0:44] finished  superres/coco squeezenet1_1@features.1 seed0  test/set5/psnr=22.4112 (higher is better) in 32s
     [0:44] FAILED    autoencoder/stl10 squeezenet1_1@features.1 seed0  DataError: ... (one line)
+    [0:47] stopped   toy/noise alexnet@features.4 seed0  early, at epoch 3/9  val.score=0.51 (halving)
     [0:50] resumed   toy/noise squeezenet1_1@features.1 seed0  from its epoch-1 checkpoint
     [0:44] progress  3/8 finished, 2 running, 1 failed, 2 pending | elapsed 0:44, ETA ~1:05
 
@@ -17,8 +18,9 @@ the primary metric when reported, else a validation metric, else the training lo
 every k-th epoch only (at most `EPOCH_LINES` lines), and its last epoch is left to the `finished` line. On a terminal the progress line stays at the bottom and is redrawn in place (as pip and
 cargo do); in a log file or pipe it is printed after each trial ends, so the log stays short. The
 trainable (`study.trainable`) reports `epoch` and its metrics with '/' replaced by '.', and a last
-result with `dpl_done=1` (final metrics) or `dpl_failed=1` (`error`: one line); this module reads only
-those, plus the trial's config for its name and epoch count.
+result with `dpl_done=1` (final metrics) or `dpl_failed=1` (`error`: one line); a trial whose last result is
+an epoch's was stopped there by a halving search. This module reads only those, plus the trial's config for
+its name and epoch count.
 """
 from __future__ import annotations
 
@@ -174,8 +176,8 @@ class TrialConsole:
         states = [t.state for t in self.trials.values()]
         started = len(self.trials)
         return {"planned": self.planned, "finished": self.already + states.count("finished"),
-                "running": states.count("running"), "failed": states.count("failed"),
-                "pending": max(0, self.launch - started)}
+                "stopped": states.count("stopped"), "running": states.count("running"),
+                "failed": states.count("failed"), "pending": max(0, self.launch - started)}
 
     def progress_line(self) -> str:
         c = self.counts()
@@ -184,8 +186,9 @@ class TrialConsole:
         eta = eta_seconds(self.durations, ages, c["pending"], min(self.concurrency, max(1, c["pending"] + c["running"])))
         left = c["pending"] + c["running"]
         eta_text = "done" if not left else (f"ETA ~{fmt_duration(eta)}" if eta is not None else "ETA after the first trial")
-        return (f"progress  {c['finished']}/{c['planned']} finished, {c['running']} running, {c['failed']} failed, "
-                f"{c['pending']} pending | elapsed {fmt_duration(now - self.t0)}, {eta_text}")
+        stopped = f"{c['stopped']} stopped early, " if c["stopped"] else ""
+        return (f"progress  {c['finished']}/{c['planned']} finished, {stopped}{c['running']} running, "
+                f"{c['failed']} failed, {c['pending']} pending | elapsed {fmt_duration(now - self.t0)}, {eta_text}")
 
     def _stamp(self) -> str:
         return f"[{fmt_duration(self.clock() - self.t0)}]"
@@ -262,6 +265,8 @@ class TrialConsole:
         last = last_result or {}
         if last.get("dpl_failed"):
             self._fail(t, str(last.get("error", "")))
+        elif not last.get("dpl_done") and isinstance(last.get("epoch"), int):
+            self._stop(t, last)  # ended on an epoch's report: a halving search stopped it there
         else:
             self._finish(t, last)
 
@@ -296,6 +301,15 @@ class TrialConsole:
         better = {"max": " (higher is better)", "min": " (lower is better)"}.get(t.directions.get(t.primary or ""), "")
         metric = f"  {t.primary}={float(value):.4f}{better}" if isinstance(value, (int, float)) else ""
         self._write(f"finished  {t.name}{metric} in {fmt_duration(took)}")
+        self._trial_ended()
+
+    def _stop(self, t: _Trial, result: dict[str, Any]) -> None:
+        t.state = "stopped"
+        self.durations.append(self.clock() - t.started)
+        shown = _epoch_metric(result, t.primary)
+        of = f"/{t.epochs}" if t.epochs else ""
+        metric = f"  {shown[0]}={shown[1]:.4g}" if shown else ""
+        self._write(f"stopped   {t.name}  early, at epoch {result['epoch']}{of}{metric} (halving)")
         self._trial_ended()
 
     def _fail(self, t: _Trial, error: str) -> None:

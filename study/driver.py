@@ -21,7 +21,9 @@ from typing import Any, Iterator
 
 from study import tracking
 from study.artifact_checkpoints import carry_over, resolve_mode
-from study.plan import PlannedTrial, ensure_synthetic_data, expand, longest_first, planned_synthetic, save_plan
+from study.batch import close_orphans, run_batch
+from study.plan import (PlannedTrial, ensure_synthetic_data, expand, load_planned, longest_first, plan_summaries,
+                        save_plan, synthetic_manifest)
 from study.spec import StudySpec, save_spec
 from study.tracking_retry import TrackingUnavailable
 from trainables.errors import UserError
@@ -157,47 +159,6 @@ def _init_ray(spec: StudySpec, address: str | None, verbose: bool = False) -> bo
     return True
 
 
-def _concurrency(spec: StudySpec, trials: list[PlannedTrial]) -> int:
-    """How many trials run at once: max_concurrent, else what the cluster's CPUs/GPUs allow (for the ETA;
-    with gpu auto, at a typical trial's share)."""
-    import ray
-
-    from study.resources import typical_gpu
-
-    n_trials, have = len(trials), ray.cluster_resources()
-    res = {"cpu": spec.raw["resources"]["cpu"], "gpu": typical_gpu(spec, [t.config for t in trials])}
-    fits = [int(have.get(k.upper(), 0) // res[k]) for k in ("cpu", "gpu") if res.get(k)]
-    limit = min([spec.raw["max_concurrent"] or n_trials, n_trials, *fits])
-    return max(1, limit)
-
-
-@contextmanager
-def _env(**values: str) -> Iterator[None]:
-    """Set environment variables for a block (Tune reads some of its switches when the Tuner starts)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def ray_storage_path(spec: StudySpec) -> str:
-    """Ray Tune's `storage_path`: the spec's `ray_storage` (a path on the head, or an object-store URI such as
-    s3://bucket/dpl, which Ray writes through pyarrow), else `<study>/ray`. Only Tune's own experiment state
-    lives there: resume reads MLflow and the trial checkpoints, so a local path on the head is enough."""
-    given = spec.raw.get("ray_storage")
-    if given and "://" in given:
-        return given
-    path = Path(given).expanduser().resolve() if given else spec.study_dir / "ray"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
 def distinct_run_names(plan: list[PlannedTrial]) -> dict[str, str]:
     """trial key -> MLflow run name, for the trials whose plain name (`tracking.trial_run_name`) another
     trial of the plan shares, e.g. a grid over a task setting (lr=[1e-3, 1e-4]): those get the settings
@@ -210,92 +171,11 @@ def distinct_run_names(plan: list[PlannedTrial]) -> dict[str, str]:
             if shown[trial_key(t.config)] != tracking.trial_run_name(t.config)}
 
 
-def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str, Any], verbose: bool = False,
-              planned: int | None = None, already_finished: int = 0) -> Any:
-    """One Tuner over `trials` (a grid over their configs); returns Tune's ResultGrid.
-
-    Tune's own tables (status every few seconds, config and result per trial) only when `verbose`;
-    otherwise `study.console` prints one line per trial event and a progress line over the `planned`
-    trials of the study (`already_finished` of them skipped), and Tune's per-error tracebacks are off.
-    """
-    from ray import tune
-
-    from study.console import TrialConsole, tune_callback
-    from study.resources import tune_resources
-    from study.trainable import run_config_trial
-
-    callbacks = [] if verbose else [tune_callback(TrialConsole(
-        planned=planned or len(trials), launch=len(trials), already_finished=already_finished,
-        concurrency=_concurrency(spec, trials),
-        names=_by_config_key(trials, study_info.get("run_names"))))]  # others: their plain run name
-    # a fixed share, or (resources.gpu: auto) each trial's own, looked up by its config (study.resources)
-    trainable = tune.with_resources(run_config_trial, tune_resources(spec, [t.config for t in trials]))
-    storage = ray_storage_path(spec)
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search([t.config.to_dict() for t in trials]), "study": study_info},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.raw["max_concurrent"] or None,
-            reuse_actors=True,
-            trial_dirname_creator=lambda t: f"{t.config['trial']['task']}-{t.config['trial']['network']}-{t.trial_id}",
-            trial_name_creator=lambda t: f"{t.config['trial']['network']}:{'+'.join(t.config['trial']['points']) or 'pixel'}",
-        ),
-        run_config=tune.RunConfig(
-            name=f"launch-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(storage),
-            failure_config=tune.FailureConfig(max_failures=spec.raw["max_failures"]),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1 if verbose else 0,
-            callbacks=callbacks,
-        ),
-    )
-    # quiet: Ray's new console output prints its experiment header even at verbose=0, the classic one
-    # nothing; and no traceback per failed task (the console's FAILED line has the one-line error)
-    quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
-    with _env(**({} if verbose else quiet)):
-        return tuner.fit()
-
-
-def _by_config_key(trials: list[PlannedTrial], run_names: dict[str, str] | None) -> dict[str, str]:
-    """`distinct_run_names` re-keyed by `trial_key(config)`, the key the console looks names up by."""
-    from trainables.config import trial_key
-
-    return {trial_key(t.config): run_names[t.key] for t in trials if t.key in (run_names or {})}
-
-
-def close_orphans(c: Any, experiment_id: str, keys: set[str], results: Any) -> None:
-    """Runs left RUNNING after Tune gave up on a trial (worker died more than max_failures times)."""
-    errors = {}
-    for r in results or []:
-        key = None
-        trial_cfg = (r.config or {}).get("trial") if r.config else None
-        if trial_cfg:
-            from trainables.config import TrialConfig, trial_key
-
-            key = trial_key(TrialConfig.from_dict(trial_cfg))
-        if key and r.error is not None:
-            errors[key] = f"{type(r.error).__name__}: {str(r.error).splitlines()[0] if str(r.error) else ''}"
-        elif key and (r.metrics or {}).get("dpl_failed"):  # a trial that could not reach the tracking server
-            errors[key] = str(r.metrics.get("error", ""))
-    for key, run in tracking.runs_by_key(c, experiment_id).items():
-        if key in keys and run.info.status == tracking.RUNNING:
-            tracking.finish_run(c, run.info.run_id, tracking.FAILED,
-                                errors.get(key, "trial ended without reporting (worker died); rerun to resume"))
-
-
 def coverage(plan: list[PlannedTrial], runs: dict[str, Any]) -> dict[str, Any]:
-    counts = {"planned": len(plan), "finished": 0, "failed": 0, "running": 0, "pending": 0}
+    """planned / finished / stopped (early, by a halving search) / failed / running / pending counts."""
+    counts = {"planned": len(plan), "finished": 0, "stopped": 0, "failed": 0, "running": 0, "pending": 0}
     for t in plan:
-        run = runs.get(t.key)
-        status = run.info.status if run else None
-        if status == tracking.FINISHED:
-            counts["finished"] += 1
-        elif status in (tracking.FAILED, tracking.KILLED):
-            counts["failed"] += 1
-        elif status == tracking.RUNNING:
-            counts["running"] += 1
-        else:
-            counts["pending"] += 1
+        counts[tracking.run_state(runs.get(t.key))] += 1
     return counts
 
 
@@ -308,23 +188,30 @@ class Launch:
     parent_id: str
     plan: list[PlannedTrial]
     todo: list[PlannedTrial]
+    synthetic: dict[str, dict[str, Any]]  # dataset -> manifest of the study's generated data (plan.json)
 
 
 def _prepare(spec: StudySpec, tracking_uri: str) -> Launch:
-    """Create or open the store and experiment, save the spec and plan, and find the unfinished trials."""
+    """Create or open the store and experiment, save the spec and plan, and find the unfinished trials.
+
+    An Optuna search records the trials it draws as it draws them (`study.search.record_progress`), not the
+    grid it draws from: its plan here is what earlier launches drew, and nothing is to run until it asks."""
     experiment_id = tracking.init_experiment(tracking_uri, spec.name, spec.study_dir)
     save_spec(spec)
     for root in ensure_synthetic_data(spec):
         print(f"dpl: generated synthetic data in {root}", file=sys.stderr)
-    plan = expand(spec)
-    save_plan(spec, plan)
+    optuna = spec.raw["search"]["type"] == "optuna"
+    plan = load_planned(spec.study_dir) if optuna else expand(spec)
+    manifest = synthetic_manifest(spec)
     c = tracking.client(tracking_uri, retry_s=spec.raw["tracking_retry_s"])
     parent_id = tracking.parent_run(c, experiment_id, spec.name)
     c.update_run(parent_id, status=tracking.RUNNING)
-    tracking.log_plan(c, parent_id, [t.summary() for t in plan])
+    if not optuna:
+        save_plan(spec, plan, manifest)
+        tracking.log_plan(c, parent_id, [t.summary() for t in plan])
     runs = tracking.runs_by_key(c, experiment_id)
-    todo = [t for t in plan if not (t.key in runs and runs[t.key].info.status == tracking.FINISHED)]
-    return Launch(c, experiment_id, parent_id, plan, todo)
+    todo = [] if optuna else [t for t in plan if not (t.key in runs and runs[t.key].info.status == tracking.FINISHED)]
+    return Launch(c, experiment_id, parent_id, plan, todo, manifest)
 
 
 @dataclass
@@ -392,16 +279,20 @@ def run_study(
     tracking.check_reachable(tracking_uri)  # before the lock: an unreachable server leaves no file behind
     with study_lock(study_dir):
         checkpoint_mode = resolve_mode(checkpoints or spec.raw.get("checkpoints"), tracking_uri)
-        planned = expand(spec)  # validate every trial (networks, points, settings) before anything is written
-        if spec.raw["search"]["type"] == "grid":
+        grid = expand(spec)  # validate every trial (networks, points, settings) before anything is written
+        if spec.raw["search"]["type"] in ("grid", "halving"):  # an optuna search sizes each batch it draws
             from study.resources import is_auto, resource_table
 
             if is_auto(spec):  # every trial's share of a GPU, and a trial that fits none refused, before anything runs
-                resource_table(spec, [t.config for t in planned])
+                resource_table(spec, [t.config for t in grid])
         if spec.raw["search"]["type"] == "optuna":
             from study.search import search_space
 
             search_space(spec)  # and every combination a search can sample
+        elif spec.raw["search"]["type"] == "halving":
+            from study.halving import halving_setup
+
+            halving_setup(spec, grid)  # one task and dataset, a per-epoch metric, a rung
         if running_ray(ray_address):
             print("dpl: using the Ray already initialised in this process (its resources and runtime env; "
                   "it is left running)", file=sys.stderr)
@@ -417,7 +308,7 @@ def run_study(
             "name": spec.name, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
             "parent_run_id": launch.parent_id, "study_dir": str(study_dir), "git_commit": git_commit(),
             "cpus_per_trial": spec.raw["resources"]["cpu"],
-            "checkpoints": checkpoint_mode, "synthetic": planned_synthetic(study_dir),
+            "checkpoints": checkpoint_mode, "synthetic": launch.synthetic,
             "run_names": distinct_run_names(plan), "data_root": spec.raw.get("data_root"),
             "tracking_retry_s": spec.raw["tracking_retry_s"],
         }
@@ -435,7 +326,11 @@ def run_study(
             if ray_use.ready and spec.raw["search"]["type"] == "optuna":
                 from study.search import run_optuna
 
-                run_optuna(spec, study_info, c, experiment_id, verbose=verbose)
+                plan = run_optuna(spec, study_info, c, experiment_id, verbose=verbose)
+            elif spec.raw["search"]["type"] == "halving":  # also with nothing to run: it records its progress
+                from study.halving import run_halving
+
+                run_halving(spec, plan, todo, study_info, c, experiment_id, verbose=verbose)
             elif ray_use.ready and todo:
                 results = run_batch(spec, longest_first(todo), study_info, verbose=verbose, planned=len(plan),
                                     already_finished=len(plan) - len(todo))
@@ -444,20 +339,24 @@ def run_study(
             unreachable = True  # its one line is the error; the bookkeeping below would wait a second budget
             raise
         finally:
+            search = ""
             try:
                 if not unreachable:
+                    if spec.raw["search"]["type"] == "optuna":
+                        plan = load_planned(study_dir)  # what the search drew (it records each draw)
                     runs = tracking.runs_by_key(c, experiment_id)
-                    cov = coverage(plan, runs) if spec.raw["search"]["type"] == "grid" else _search_coverage(runs)
-                    tracking.log_plan(c, launch.parent_id, [t.summary() for t in plan], cov)
-                    tracking.describe_study_run(c, experiment_id, launch.parent_id, spec.name,
-                                                [t.summary() for t in plan])
+                    cov = coverage(plan, runs)
+                    summaries = plan_summaries(study_dir)  # as saved: a search's rows also name their samples
+                    tracking.log_plan(c, launch.parent_id, summaries, cov)
+                    tracking.describe_study_run(c, experiment_id, launch.parent_id, spec.name, summaries)
+                    search = tracking.search_line(c.get_run(launch.parent_id).data.tags)
                     c.set_terminated(launch.parent_id, status=tracking.FINISHED)
             finally:
                 if ray_use.owned:
                     import ray
 
                     ray.shutdown()
-        print(f"dpl: done: {coverage_line(cov)}", file=sys.stderr)
+        print(f"dpl: done: {coverage_line(cov)}" + (f"; {search}" if search else ""), file=sys.stderr)
         for line in tracking.ui_hint(tracking_uri, experiment_id):
             print(f"dpl: {line}", file=sys.stderr)
         if cov.get("failed"):
@@ -468,13 +367,8 @@ def run_study(
 
 
 def coverage_line(cov: dict[str, Any]) -> str:
-    """`8/8 finished, 0 failed, 0 running, 0 pending` (the dict, as a person reads it)."""
-    return (f"{cov.get('finished', 0)}/{cov.get('planned', 0)} finished, {cov.get('failed', 0)} failed, "
+    """`8/8 finished, 0 failed, 0 running, 0 pending` (the dict, as a person reads it; a halving search adds
+    `k stopped early` after the finished count)."""
+    stopped = f"{cov['stopped']} stopped early, " if cov.get("stopped") else ""
+    return (f"{cov.get('finished', 0)}/{cov.get('planned', 0)} finished, {stopped}{cov.get('failed', 0)} failed, "
             f"{cov.get('running', 0)} running, {cov.get('pending', 0)} pending")
-
-
-def _search_coverage(runs: dict[str, Any]) -> dict[str, Any]:
-    statuses = [r.info.status for r in runs.values()]
-    return {"planned": len(statuses), "finished": statuses.count(tracking.FINISHED),
-            "failed": statuses.count(tracking.FAILED) + statuses.count(tracking.KILLED),
-            "running": statuses.count(tracking.RUNNING), "pending": 0}

@@ -215,15 +215,22 @@ def longest_first(trials: list[PlannedTrial]) -> list[PlannedTrial]:
     return sorted(trials, key=lambda t: -float(getattr(task_module(t.config.task), "RELATIVE_COST", 1.0)))
 
 
-def save_plan(spec: StudySpec, trials: list[PlannedTrial]) -> Path:
+def save_plan(spec: StudySpec, trials: list[PlannedTrial], manifest: dict[str, dict[str, Any]] | None = None,
+              samples: dict[str, list[int]] | None = None) -> Path:
     """plan.json: every trial's summary and config; a trial on generated data also carries that data's
-    manifest (`synthetic_data`: generator, seed, size, sha256), which `planned_synthetic` reads back."""
+    manifest (`synthetic_data`: generator, seed, size, sha256), which `planned_synthetic` reads back.
+
+    `manifest`: `synthetic_manifest(spec)` when the caller has it already (it hashes the data). `samples`:
+    for a search, trial key -> the numbers of the samples that drew it (a search records the trials it drew,
+    not the grid it draws from)."""
     path = spec.study_dir / "plan.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    manifest = synthetic_manifest(spec)
+    manifest = synthetic_manifest(spec) if manifest is None else manifest
     rows = []
     for t in trials:
         row = t.summary() | {"config": t.config.to_dict()}
+        if samples is not None:
+            row["samples"] = samples.get(t.key, [])
         entry = manifest.get(t.config.dataset)
         if entry and entry["root"] == t.config.data_root:
             row["synthetic_data"] = entry
@@ -237,6 +244,16 @@ def save_plan(spec: StudySpec, trials: list[PlannedTrial]) -> Path:
 def load_plan(study_dir: Path) -> list[dict[str, Any]]:
     path = Path(study_dir) / "plan.json"
     return json.loads(path.read_text()) if path.is_file() else []
+
+
+def load_planned(study_dir: Path) -> list[PlannedTrial]:
+    """The trials plan.json holds (a grid's plan, or what a search has drawn so far), as PlannedTrials."""
+    return [PlannedTrial(row["trial_key"], TrialConfig.from_dict(row["config"])) for row in load_plan(study_dir)]
+
+
+def plan_summaries(study_dir: Path) -> list[dict[str, Any]]:
+    """plan.json's rows without configs and data manifests: what the study run's own plan.json holds."""
+    return [{k: v for k, v in row.items() if k not in ("config", "synthetic_data")} for row in load_plan(study_dir)]
 
 
 def planned_synthetic(study_dir: Path) -> dict[str, dict[str, Any]]:
@@ -364,11 +381,13 @@ def _add(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a + b
 
 
-def plan_report(spec: StudySpec, compute: bool = True, gpu_tflops: float | None = None) -> dict[str, Any]:
+def plan_report(spec: StudySpec, compute: bool = True, gpu_tflops: float | None = None,
+                trials: list[PlannedTrial] | None = None) -> dict[str, Any]:
     """What `dpl plan` shows; reads the spec and the loss-network metadata, writes nothing (but the caches
     of metadata and memory estimates). With `resources.gpu: auto` also each trial's memory estimate and GPU
-    fraction and the packing per task (`study.resources.packing_report`)."""
-    trials = expand(spec)
+    fraction and the packing per task (`study.resources.packing_report`). `trials`: the spec's `expand`, when
+    the caller has it (a halving search adds its own section: `study.halving`)."""
+    trials = expand(spec) if trials is None else trials
     rows = [t.row() for t in trials]
     report: dict[str, Any] = {
         "study": spec.name, "storage": str(spec.study_dir), "data_root": spec.raw.get("data_root"),
@@ -424,6 +443,13 @@ def format_report(report: dict[str, Any]) -> str:
         from study.resources import format_packing
 
         lines += ["", *format_packing(report["memory"])]
+    if "search" in report:
+        h = report["search"]
+        lines += ["", f"{h['describe']}.",
+                  f"compute: at most {h['max_trial_epochs']} trial-epochs = {_fmt_gflops(h['max_gflops'])} (the grid: "
+                  f"every trial to epoch {h['max_epochs']}); expected {h['expected_trial_epochs']:.0f} trial-epochs = "
+                  f"{_fmt_gflops(h['expected_gflops'])} ({h['expected_share']:.0%}; synchronous successive halving, "
+                  f"ASHA's early promotions run somewhat more: docs/ANALYSIS.md, Halving)"]
     lines += ["", "settings common to every trial of a task:"]
     by_task: dict[str, list[dict[str, Any]]] = {}
     for row in report["trials"]:

@@ -3,7 +3,7 @@
 Ray's OptunaSearch refuses grid values and keeps its state in the Tuner, which this project never
 restores. Here Optuna runs ask/tell against its own SQLite storage in the study directory; each asked
 trial becomes ordinary TrialConfigs (same keys, same MLflow runs, same checkpoints), run in batches through
-the grid driver. A driver killed mid-batch leaves Optuna trials RUNNING: the next launch re-runs exactly
+the batch runner (`study.batch`). A driver killed mid-batch leaves Optuna trials RUNNING: the next launch re-runs exactly
 those configs (their runs and checkpoints are found by key) and tells Optuna their results.
 
 What is searched is what the spec says, nothing is dropped (README, "Searching instead of a grid"):
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from study import tracking
-from study.plan import PlannedTrial, data_root
+from study.batch import close_orphans, run_batch
+from study.plan import PlannedTrial, data_root, plan_summaries, save_plan
 from study.spec import StudySpec
 from trainables import loss_networks as ln
 from trainables.config import ConfigError, TrialConfig, trial_key
@@ -198,12 +199,59 @@ def _sample_value(c: Any, runs: dict[str, Any], trials: list[PlannedTrial], metr
     return statistics.fmean(values)
 
 
+def drawn_trials(study: Any) -> tuple[list[PlannedTrial], dict[str, list[int]]]:
+    """Every trial the search has drawn so far (Optuna's storage is the record), and trial key -> the
+    numbers of the samples that drew it (a configuration drawn twice is one trial, run once)."""
+    trials: dict[str, PlannedTrial] = {}
+    samples: dict[str, list[int]] = {}
+    for t in study.get_trials(deepcopy=False):
+        dicts = t.user_attrs.get("configs") or ([t.user_attrs["config"]] if "config" in t.user_attrs else [])
+        for d in dicts:  # "config": one seed (searches made before seeds were searched)
+            cfg = TrialConfig.from_dict(d)
+            key = trial_key(cfg)
+            trials.setdefault(key, PlannedTrial(key, cfg))
+            samples.setdefault(key, []).append(t.number)
+    return list(trials.values()), samples
+
+
+def samples_done(samples: dict[str, list[int]], runs: dict[str, Any]) -> int:
+    """Samples whose every trial has ended in MLflow (FINISHED, or FAILED/KILLED: a failed sample is spent)."""
+    ended = (tracking.FINISHED, tracking.FAILED, tracking.KILLED)
+    keys_of: dict[int, list[str]] = {}
+    for key, numbers in samples.items():
+        for n in numbers:
+            keys_of.setdefault(n, []).append(key)
+    return sum(all(k in runs and runs[k].info.status in ended for k in keys) for keys in keys_of.values())
+
+
+def search_record(kind: str, space: SearchSpace, num_samples: int, done: int, drawn: int) -> dict[str, Any]:
+    """What a search will run (its sample budget x seeds) and how far it is: `search.json` of the study run."""
+    return {"type": kind, "task": space.task, "dataset": space.dataset, "metric": space.metric,
+            "direction": space.direction, "num_samples": num_samples, "seeds": space.seeds,
+            "n_seeds": len(space.seeds), "max_trials": num_samples * len(space.seeds),
+            "samples_drawn": drawn, "samples_done": done, "samples_left": max(0, num_samples - done),
+            "dimensions": space.sampled(), "fixed": space.fixed()}
+
+
+def record_progress(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_id: str, space: SearchSpace,
+                    study: Any) -> tuple[list[PlannedTrial], dict[str, Any]]:
+    """Write what the search has drawn (plan.json, in the study directory and on the study run) and its
+    record (samples done and left); returns (the drawn trials, the record)."""
+    trials, samples = drawn_trials(study)
+    save_plan(spec, trials, study_info.get("synthetic") or {}, samples=samples)
+    tracking.log_plan(c, study_info["parent_run_id"], plan_summaries(spec.study_dir))
+    runs = tracking.runs_by_key(c, experiment_id)
+    record = search_record("optuna", space, spec.raw["search"]["num_samples"], samples_done(samples, runs),
+                           len({n for ns in samples.values() for n in ns}))
+    tracking.record_search(c, study_info["parent_run_id"], record)
+    return trials, record
+
+
 def run_optuna(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_id: str,
-               verbose: bool = False) -> None:
+               verbose: bool = False) -> list[PlannedTrial]:
+    """Ask, run and tell until the sample budget is spent; returns every trial the search has drawn."""
     import optuna
     from optuna.trial import TrialState
-
-    from study.driver import close_orphans, run_batch
 
     search = spec.raw["search"]
     space = search_space(spec)
@@ -217,6 +265,7 @@ def run_optuna(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_i
     print(f"dpl: optuna search over {', '.join(space.sampled()) or 'nothing (every dimension fixed)'}"
           f"{'; fixed: ' + ', '.join(f'{k}={v}' for k, v in space.fixed().items()) if space.fixed() else ''}; "
           f"each sample on seed(s) {', '.join(map(str, space.seeds))}, {metric} averaged", file=sys.stderr)
+    drawn, _ = record_progress(spec, study_info, c, experiment_id, space, study)
     while True:
         trials = study.get_trials(deepcopy=False)
         pending = [t for t in trials if t.state == TrialState.RUNNING]  # left by a killed driver
@@ -236,6 +285,7 @@ def run_optuna(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_i
             ot.set_user_attr("trial_keys", [p.key for p in planned])
             ot.set_user_attr("trial_key", planned[0].key)  # the first seed's (one-seed searches: the run)
             batch.append((ot.number, planned))
+        drawn, _ = record_progress(spec, study_info, c, experiment_id, space, study)
         runs = tracking.runs_by_key(c, experiment_id)
         to_run = {p.key: p for _, ps in batch for p in ps
                   if not (p.key in runs and runs[p.key].info.status == tracking.FINISHED)}
@@ -252,8 +302,10 @@ def run_optuna(spec: StudySpec, study_info: dict[str, Any], c: Any, experiment_i
             cfg = ps[0].config
             print(f"dpl: optuna trial {number}: {cfg.network}:{cfg.point or 'pixel'}:{cfg.variant} "
                   f"{metric}={value}", file=sys.stderr)
+        drawn, _ = record_progress(spec, study_info, c, experiment_id, space, study)
     try:
         best = study.best_trial
         print(f"dpl: best so far: {best.params} {metric}={best.value}", file=sys.stderr)
     except ValueError:
         print("dpl: no completed search trial yet", file=sys.stderr)
+    return drawn

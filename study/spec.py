@@ -64,7 +64,8 @@ TOP_KEYS = {
     "max_concurrent": "integer",
     "max_failures": "integer (restarts of a trial whose worker died)",
     "ray": "mapping of ray.init settings for a local cluster (num_cpus, num_gpus)",
-    "search": "mapping: type grid|optuna, num_samples, metric, space",
+    "search": "mapping: type grid|optuna|halving, num_samples, metric, space (optuna); grace_epochs, "
+              "reduction_factor, max_epochs (halving)",
     "storage": "study directory",
     "checkpoints": "auto | shared | mlflow: where trials keep checkpoints (auto = mlflow for an http(s) tracking URI)",
     "ray_storage": "Ray Tune's storage_path: a local path on the head or an object-store URI (default <study>/ray)",
@@ -91,9 +92,13 @@ RESOURCE_KEYS = {
     "gpu": "GPU per trial: a fraction, whole GPUs, or auto (the smallest 1/8 step holding the trial's memory estimate)",
     "gpu_memory_gb": "memory of one GPU in GiB (a positive number, e.g. 40): what gpu: auto sizes the fractions for",
 }
-SEARCH_KEYS = {"type": "grid | optuna", "num_samples": "integer", "metric": "metric name (default: the task's primary)",
-               "mode": "max | min (default: the metric's direction)", "space": "mapping name -> distribution",
-               "batch_size": "trials asked per round (default: max_concurrent)"}
+SEARCH_KEYS = {"type": "grid | optuna | halving", "num_samples": "integer (optuna)",
+               "metric": "metric name (default: optuna the task's primary, halving its EPOCH_METRIC)",
+               "mode": "max | min (default: the metric's direction)", "space": "mapping name -> distribution (optuna)",
+               "batch_size": "trials asked per round (optuna; default: max_concurrent)",
+               "grace_epochs": "epochs every trial runs before it can be stopped (halving; default 1)",
+               "reduction_factor": "about 1 in this many trials passes each rung (halving; default 3)",
+               "max_epochs": "the epochs a trial runs when never stopped (halving; default: the task's)"}
 
 
 @dataclass
@@ -199,8 +204,21 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         _expect(raw["ray_storage"], str, "ray_storage", "a local path on the head or a URI such as s3://bucket/dpl")
     _check_keys(raw.setdefault("ray", {}), {"num_cpus": "", "num_gpus": ""}, "ray")
     search = _check_keys(raw.setdefault("search", {"type": "grid"}), SEARCH_KEYS, "search")
-    if search.setdefault("type", "grid") not in ("grid", "optuna"):
-        raise _fail("search.type", repr(search["type"]), "grid | optuna")
+    if search.setdefault("type", "grid") not in ("grid", "optuna", "halving"):
+        raise _fail("search.type", repr(search["type"]), "grid | optuna | halving")
+    if search["type"] == "halving":
+        grace = _expect(search.setdefault("grace_epochs", 1), int, "search.grace_epochs", "an integer >= 1")
+        if grace < 1:
+            raise _fail("search.grace_epochs", f"{grace}", "an integer >= 1")
+        rf = _expect(search.setdefault("reduction_factor", 3), (int, float), "search.reduction_factor", "a number > 1")
+        if rf <= 1:
+            raise _fail("search.reduction_factor", f"{rf}", "a number > 1 (3: a third of the trials pass each rung)")
+        if search.setdefault("max_epochs", None) is not None:
+            _expect(search["max_epochs"], int, "search.max_epochs", "an integer > grace_epochs")
+        wrong = [k for k in ("num_samples", "space", "batch_size") if k in search]
+        if wrong:
+            raise _fail(f"search.{wrong[0]}", "an optuna setting",
+                        "for halving: type, metric, mode, grace_epochs, reduction_factor, max_epochs")
     if search["type"] == "optuna":
         n = _expect(search.setdefault("num_samples", 10), int, "search.num_samples", "a positive integer")
         if n <= 0:

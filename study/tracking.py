@@ -38,6 +38,21 @@ LOCAL_UI = "http://127.0.0.1:5000"
 NAME_DEFAULTS = {"weights": "imagenet", "normalisation": "imagenet", "mode": "eval", "transform_input": "auto",
                  "resize": "off"}
 FINISHED, FAILED, RUNNING, KILLED = "FINISHED", "FAILED", "RUNNING", "KILLED"
+#: A trial a halving search stopped early: the run is FINISHED (it never failed, and a relaunch skips it) and
+#: carries the epoch it reached and its last selection metric; its description says so.
+STOPPED_TAG, STOPPED_VALUE_TAG = "dpl.stopped_early", "dpl.stopped_metric"
+#: Trial-run tags: the task's per-epoch selection metric (its EPOCH_METRIC) and its direction (max | min).
+EPOCH_METRIC_TAG, EPOCH_MODE_TAG = "dpl.epoch_metric", "dpl.epoch_metric_mode"
+#: A search study's record on its study run (tags; the whole record in its `search.json` artifact): the kind
+#: of search (optuna | halving), the samples it will run (its budget), how many are done, and the seeds each
+#: sample runs on. A grid study has none of these tags.
+SEARCH_TAG = "dpl.search"
+SEARCH_SAMPLES_TAG = "dpl.search_samples"
+SEARCH_DONE_TAG = "dpl.search_samples_done"
+SEARCH_SEEDS_TAG = "dpl.search_seeds"
+#: A halving search's rungs (epochs, comma-separated) and the epochs its trials ran against the grid's ("41/144").
+SEARCH_RUNGS_TAG, SEARCH_EPOCHS_TAG = "dpl.search_rungs", "dpl.search_epochs"
+SEARCH_MAX_EPOCHS_TAG = "dpl.search_max_epochs"
 #: Fixed names of the public schema (README): these params are logged for every trial.
 CONFIG_PARAMS = ("task", "dataset", "network", "point", "variant", "seed", "weights", "normalisation", "mode",
                  "transform_input", "resize", "budget")
@@ -159,9 +174,9 @@ def runs_by_key(c: Any, experiment_id: str) -> dict[str, Any]:
 
 def parent_run(c: Any, experiment_id: str, name: str) -> str:
     """The study's parent run id (created once)."""
-    found = find_runs(c, experiment_id, f"tags.`{KIND_TAG}` = 'study'")
-    if found:
-        return found[0].info.run_id
+    found = study_run(c, experiment_id)
+    if found is not None:
+        return found.info.run_id
     run = c.create_run(experiment_id, run_name=f"study:{name}", tags={KIND_TAG: "study", STUDY_TAG: name})
     return run.info.run_id
 
@@ -174,6 +189,42 @@ def log_plan(c: Any, parent_id: str, plan: list[dict[str, Any]], coverage: dict[
             (Path(tmp) / "coverage.json").write_text(json.dumps(coverage, indent=1))
             c.log_artifact(parent_id, str(Path(tmp) / "coverage.json"))
     c.set_tag(parent_id, "dpl.planned", str(len(plan)))
+
+
+def study_run(c: Any, experiment_id: str) -> Any | None:
+    """The study's parent run (`dpl.kind=study`), or None before the first launch created it."""
+    found = find_runs(c, experiment_id, f"tags.`{KIND_TAG}` = 'study'")
+    return found[0] if found else None
+
+
+def record_search(c: Any, parent_id: str, record: dict[str, Any]) -> None:
+    """Record what a search will run and how far it is: `search.json` on the study run, and its tags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "search.json").write_text(json.dumps(record, indent=1))
+        c.log_artifact(parent_id, str(Path(tmp) / "search.json"))
+    for tag, key in ((SEARCH_TAG, "type"), (SEARCH_SAMPLES_TAG, "num_samples"), (SEARCH_DONE_TAG, "samples_done"),
+                     (SEARCH_SEEDS_TAG, "n_seeds")):
+        c.set_tag(parent_id, tag, str(record[key]))
+
+
+def search_line(tags: dict[str, str]) -> str | None:
+    """`search optuna: 3 of 12 samples done, 9 left (each on 2 seeds)` from a study run's tags; None for a grid.
+
+    A halving search's samples are its configurations (every one starts), and it adds its rungs and the
+    epochs its trials ran against the grid's: `...; rungs at epoch 1, 3 of 9; 56 of the grid's 144 epochs run`."""
+    if SEARCH_TAG not in tags:
+        return None
+    total, done = int(tags.get(SEARCH_SAMPLES_TAG, 0)), int(tags.get(SEARCH_DONE_TAG, 0))
+    seeds = tags.get(SEARCH_SEEDS_TAG, "1")
+    what = "configurations" if tags[SEARCH_TAG] == "halving" else "samples"
+    line = (f"search {tags[SEARCH_TAG]}: {done} of {total} {what} done, {max(0, total - done)} left "
+            f"(each on {seeds} seed{'s' if seeds != '1' else ''})")
+    if tags.get(SEARCH_RUNGS_TAG):
+        line += f"; rungs at epoch {tags[SEARCH_RUNGS_TAG].replace(',', ', ')} of {tags.get(SEARCH_MAX_EPOCHS_TAG, '?')}"
+    if tags.get(SEARCH_EPOCHS_TAG):
+        used, grid = (int(v) for v in tags[SEARCH_EPOCHS_TAG].split("/"))
+        line += f"; {used} of the grid's {grid} epochs run ({used / max(grid, 1):.0%})"
+    return line
 
 
 def attach_trial_run(c: Any, experiment_id: str, key: str, run_name: str, tags: dict[str, str]) -> str:
@@ -296,12 +347,16 @@ def _fmt(value: Any) -> str:
 
 
 def trial_description(config: Any, final_metrics: dict[str, float], primary: str,
-                      directions: dict[str, str] | None = None) -> str:
-    """The trial run's description (markdown): what was trained with which loss, and how well it did."""
+                      directions: dict[str, str] | None = None, stopped: str | None = None) -> str:
+    """The trial run's description (markdown): what was trained with which loss, and how well it did.
+
+    `stopped`: for a trial a halving search stopped early, the sentence saying where and why (it has no
+    final metrics, and that is not a failure)."""
     direction = (directions or {}).get(primary)
     better = {"max": " (higher is better)", "min": " (lower is better)"}.get(direction or "", "")
     value = final_metrics.get(primary)
     result = (f"Primary metric `{primary}`{better}: **{_fmt(float(value))}**" if value is not None
+              else f"**{stopped}** Primary metric `{primary}`: not measured (stopped before the test)" if stopped
               else f"Primary metric `{primary}`: not reported (the trial did not finish)")
     conditions = {"variant": config.variant or "(default)", **{k: getattr(config, k) for k in NAME_DEFAULTS},
                   "budget": config.budget}
@@ -324,7 +379,16 @@ def describe_trial_run(c: Any, run_id: str, config: Any, final_metrics: dict[str
     c.set_tag(run_id, NOTE_TAG, trial_description(config, final_metrics, primary, directions))
 
 
-COVERAGE_STATES = ("planned", "finished", "running", "failed", "pending")
+COVERAGE_STATES = ("planned", "finished", "stopped", "running", "failed", "pending")
+
+
+def run_state(run: Any | None) -> str:
+    """A trial's state as `dpl` reports it: finished (ran its whole budget), stopped (early, by a halving
+    search: FINISHED in MLflow with `dpl.stopped_early`), running, failed (FAILED or KILLED), pending (no run)."""
+    status = run.info.status if run is not None else None
+    if status == FINISHED:
+        return "stopped" if run.data.tags.get(STOPPED_TAG) else "finished"
+    return {FAILED: "failed", KILLED: "failed", RUNNING: "running"}.get(status, "pending")
 
 
 def study_description(name: str, coverage: dict[str, dict[str, int]], experiment_id: str,
@@ -355,10 +419,8 @@ def coverage_by_task(plan: list[dict[str, Any]], runs: dict[str, Any]) -> dict[s
     entries += [(r.data.params.get("task", "?"), r) for k, r in runs.items() if k not in planned]
     for task, run in entries:
         row = table.setdefault(task, dict.fromkeys(COVERAGE_STATES, 0))
-        status = run.info.status if run else None
-        state = {FINISHED: "finished", FAILED: "failed", KILLED: "failed", RUNNING: "running"}.get(status, "pending")
         row["planned"] += 1
-        row[state] += 1
+        row[run_state(run)] += 1
     table["total"] = {s: sum(r[s] for r in table.values()) for s in COVERAGE_STATES}
     return table
 

@@ -224,7 +224,7 @@ def run_config_trial(payload: dict[str, Any]) -> None:
 
 def trial_tags(config: TrialConfig, study: dict[str, Any]) -> dict[str, str]:
     """The tags a trial's run is created with (besides its key and kind)."""
-    from trainables.tasks import task_module
+    from trainables.tasks import epoch_metric, task_module
     from trainables.trial import BASELINE_INFO, NO_NETWORK
 
     task = task_module(config.task)
@@ -235,6 +235,9 @@ def trial_tags(config: TrialConfig, study: dict[str, Any]) -> dict[str, str]:
         "dpl.directions": json.dumps(task.METRICS),
         "dpl.weights_random": str(config.weights == "random").lower(),
     }
+    declared = epoch_metric(task)
+    if declared:  # what the analysis reads the per-epoch ranking from, and a halving search stops on
+        tags.update({tracking.EPOCH_METRIC_TAG: declared[0], tracking.EPOCH_MODE_TAG: declared[1]})
     if config.network == NO_NETWORK:  # the pixel-loss baseline: analysis reports it beside the ranking
         tags.update({f"dpl.{k}": v for k, v in BASELINE_INFO.items()})
     return tags

@@ -46,8 +46,8 @@ def records(noise: float, rng: np.random.Generator, seeds: int = 3) -> list[dict
                     z = {ep: pattern(task, net, ep) + offset + e for ep in range(1, EPOCHS + 1)}
                     sign = 1.0 if direction == "max" else -1.0
                     hist = {metric: {ep: sign * v for ep, v in z.items()}}
-                    if task == "superres":  # the validation metric an engine task logs per epoch
-                        hist["val/psnr"] = {ep: pattern(task, net, ep) + offset for ep in range(1, EPOCHS + 1)}
+                    if task == "superres":  # a per-epoch validation metric, named only by the run's tag
+                        hist["val/planted"] = {ep: pattern(task, net, ep) + offset for ep in range(1, EPOCHS + 1)}
                     params = {"task": task, "dataset": ds, "network": net, "variant": "default", "seed": str(seed),
                               "normalisation": "none", "mode": "eval", "transform_input": "auto",
                               "budget": "smoke", "point": f"p{pos}", "position": str(pos),
@@ -56,7 +56,10 @@ def records(noise: float, rng: np.random.Generator, seeds: int = 3) -> list[dict
                               "batch_norm": "False"}
                     tags = {"dpl.kind": "trial", "dpl.trial_key": f"{task}-{net}-{pos}-{seed}",
                             "dpl.primary_metric": metric, "dpl.directions": json.dumps({metric: direction}),
-                            "dpl.weights_random": "false", "dpl.synthetic_data": "false"}
+                            "dpl.weights_random": "false", "dpl.synthetic_data": "false",
+                            # the task's declared EPOCH_METRIC (the autoencoder's is never logged here)
+                            "dpl.epoch_metric": "val/planted" if task == "superres" else "val/loss",
+                            "dpl.epoch_metric_mode": "max" if task == "superres" else "min"}
                     out.append({"params": params, "tags": tags, "metrics": {metric: hist[metric][EPOCHS]},
                                 "history": hist})
     return out
@@ -80,7 +83,7 @@ def write(client, name: str, recs: list[dict], tmp, per_epoch: bool) -> None:
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """Two studies: `tight` (seed noise sd 0.001, full histories), `wide` (sd 3 against gaps of 1, primary
-    metric logged once, val/psnr per epoch for superres only); tight also analysed end to end."""
+    metric logged once, the tagged epoch metric val/planted per epoch for superres only); tight also analysed end to end."""
     from mlflow.tracking import MlflowClient
 
     from analysis.report import analyze
@@ -165,6 +168,7 @@ def test_budget_falls_back_to_the_validation_history_and_says_when_there_is_none
 
     settle, _ = budget(read_histories(stores["client"], stores["df"]["wide"]))
     settle = settle.set_index("benchmark")
-    assert settle.loc["superres/coco", "metric"] == "val/psnr" and settle.loc["superres/coco", "settle_epoch"] == 3
+    # the metric the run's `dpl.epoch_metric` tag names, whatever it is called (no table of task names)
+    assert settle.loc["superres/coco", "metric"] == "val/planted" and settle.loc["superres/coco", "settle_epoch"] == 3
     assert "no per-epoch history" in settle.loc["autoencoder/svhn", "source"]
     assert math.isnan(settle.loc["autoencoder/svhn", "settle_epoch"])

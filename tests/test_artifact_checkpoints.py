@@ -351,7 +351,7 @@ def test_cli_passes_the_checkpoint_mode_to_run_and_resume(monkeypatch) -> None:
 
 def test_spec_sets_the_checkpoint_mode_and_rays_storage(tmp_path) -> None:
     """`checkpoints` and `ray_storage` in a study file: a bad value is one line, a path is where Tune writes."""
-    from study.driver import ray_storage_path
+    from study.batch import ray_storage_path
     from study.spec import load_spec
 
     def spec(**extra):

@@ -224,3 +224,39 @@ def test_pixel_baseline_on_stl10_runs_the_same_path(stl_root: Path, tmp_path: Pa
     assert set(ae.METRICS) <= set(metrics) and metrics["probe/best_val_test_acc"] > 0.25
     assert rep.info["synthetic_data"] is True and "feature_shape" not in rep.info
     assert rep.history[-1]["train/loss"] < 0.1  # pixel MSE of images in [0, 1]
+
+
+def test_epoch_probe_is_sklearns_ridge_on_standardised_codes(svhn_root: Path) -> None:
+    """The per-epoch selection metric (`val/linear_probe_acc`) equals scikit-learn's Ridge (alpha = penalty x
+    fitted codes, intercept unpenalised) on StandardScaler'd codes of the same images, scored by argmax on the
+    held-out part; and it is the task's EPOCH_METRIC, reported at every epoch."""
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    from trainables.trial import prepare
+
+    config = prepare(_config(svhn_root))
+    data = ae.load_data(config)
+    torch.manual_seed(0)
+    model = ae.ConvAutoencoder(64).eval()
+    got = ae.epoch_probe(model, data, config, torch.device("cpu"))
+
+    images, labels = data.train
+    n = min(len(images), ae.EPOCH_PROBE_IMAGES)
+    pick = np.sort(torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))[:n].numpy())
+    with torch.no_grad():
+        codes = model.encode(ae.to_input(images[pick], "svhn", torch.device("cpu"))).double().numpy()
+    y = labels[pick].numpy()
+    fit, held = (i.numpy() for i in probes.seeded_split(n, config.seed))
+    scaler = StandardScaler().fit(codes[fit])
+    ridge = Ridge(alpha=ae.EPOCH_PROBE_RIDGE * len(fit)).fit(scaler.transform(codes[fit]), np.eye(10)[y[fit]])
+    expected = float(np.mean(ridge.predict(scaler.transform(codes[held])).argmax(1) == y[held]))
+    assert got == pytest.approx(expected, abs=1e-12) and 0 < len(held) < n
+    assert ae.EPOCH_METRIC == ("val/linear_probe_acc", "max")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_epoch_reports_the_epoch_metric(svhn_root: Path, tmp_path: Path) -> None:
+    rep = LocalReporter(tmp_path / "e", echo=False)
+    run_trial(_config(svhn_root), rep)
+    assert [row["epoch"] for row in rep.history if ae.EPOCH_METRIC[0] in row] == [1, 2]

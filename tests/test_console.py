@@ -418,3 +418,21 @@ def test_a_long_trial_prints_every_kth_epoch_only() -> None:
         con.result("a", {"epoch": epoch, "train.loss": 1.0 / epoch})
     shown = [int(m) for m in re.findall(r"epoch (\d+)/95 ", out.getvalue())]
     assert shown == list(range(10, 95, 10)), shown  # 95 itself is the `finished` line's to tell
+
+
+def test_a_trial_ending_on_an_epoch_result_was_stopped_by_the_halving_search() -> None:
+    """Tune ends a stopped trial on its last epoch's result (no `dpl_done`): `stopped`, not `finished`, and
+    the progress line counts it apart from the finished ones and the failures."""
+    clock, out = Clock(), io.StringIO()
+    con = TrialConsole(planned=2, launch=2, stream=out, clock=clock, tty=False)
+    con.started("a", toy_config(0, epochs=9))
+    con.started("b", toy_config(1, epochs=9))
+    clock.t += 5
+    con.result("a", {"epoch": 1, "val.2afc": 0.61})
+    con.completed("a", {"epoch": 1, "val.2afc": 0.61})
+    lines = out.getvalue().splitlines()
+    name = "similarity/bapps alexnet@features.1 baseline weights=random seed0"
+    assert lines[-2:] == [f"[0:05] stopped   {name}  early, at epoch 1/9  val.2afc=0.61 (halving)",
+                          "[0:05] progress  0/2 finished, 1 stopped early, 1 running, 0 failed, 0 pending | "
+                          "elapsed 0:05, ETA ~0:00"]  # stopped trials' durations count: most trials stop
+    assert con.counts()["stopped"] == 1 and con.counts()["failed"] == 0

@@ -5,6 +5,7 @@ The end-to-end test uses the toy task of tests/plugins, like tests/test_study.py
 """
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -127,10 +128,11 @@ def test_driver_refuses_an_unsearchable_spec_before_writing_anything(tmp_path) -
 @pytest.mark.slow
 def test_search_tells_optuna_the_mean_over_seeds(tmp_path) -> None:
     """Two samples x two seeds under Ray and MLflow: four runs, and each Optuna value is the mean of its
-    two runs' `score` as MLflow holds it."""
+    two runs' `score` as MLflow holds it. The study records what the search ran (2 samples x 2 seeds), not
+    the grid it drew from (3 points x 2 seeds), and status and report say "search" with samples done/left."""
     import optuna
 
-    spec = write_spec(tmp_path, name="search", seeds=[0, 1], networks=["squeezenet1_1"], points=["p1", "p2"],
+    spec = write_spec(tmp_path, name="search", seeds=[0, 1], networks=["squeezenet1_1"], points=["p1", "p2", "p3"],
                       tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 1}}},
                       search={"type": "optuna", "num_samples": 2, "batch_size": 2,
                               "space": {"params.lr": {"low": 0.01, "high": 0.5, "log": True}}})
@@ -151,3 +153,59 @@ def test_search_tells_optuna_the_mean_over_seeds(tmp_path) -> None:
         scores = [c.get_run(runs[k]).data.metrics["score"] for k in keys]
         assert scores[0] != scores[1]  # the seeds really differ, so the mean is not either one
         assert t.value == pytest.approx(statistics.fmean(scores), rel=1e-12)
+    # what the search ran is what the study records: the drawn trials, each naming its sample, not the grid
+    drawn = {k for t in complete for k in t.user_attrs["trial_keys"]}
+    plan = json.loads((study_dir / "plan.json").read_text())
+    assert {r["trial_key"] for r in plan} == drawn and len(plan) == 4 < 6
+    assert sorted(n for r in plan for n in r["samples"]) == sorted([t.number for t in complete] * 2)
+    exp = c.get_experiment_by_name("search")
+    parent = tracking.study_run(c, exp.experiment_id)
+    logged = json.loads(Path(c.download_artifacts(parent.info.run_id, "plan.json", str(tmp_path))).read_text())
+    assert {r["trial_key"] for r in logged} == drawn
+    record = json.loads(Path(c.download_artifacts(parent.info.run_id, "search.json", str(tmp_path))).read_text())
+    assert (record["num_samples"], record["n_seeds"], record["max_trials"], record["samples_done"]) == (2, 2, 4, 2)
+    assert "; search optuna: 2 of 2 samples done, 0 left (each on 2 seeds)" in result.stderr
+    status = dpl("status", str(study_dir))
+    assert "search optuna: 2 of 2 samples done, 0 left (each on 2 seeds)" in status.stdout, status.stdout
+    st = json.loads(dpl("status", str(study_dir), "--json").stdout)
+    assert st["total"]["planned"] == 4 and st["total"]["pending"] == 0
+    assert {k: st["search"][k] for k in ("type", "samples", "done", "left", "seeds")} == \
+        {"type": "optuna", "samples": 2, "done": 2, "left": 0, "seeds": 2}
+    from analysis.report import analyze
+
+    analyze(tracking.default_tracking_uri(study_dir), "search", tmp_path / "report", figures=False,
+            log_to_mlflow=False)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Search (optuna): 2 of 2 samples done, 0 left, each on 2 seeds." in report
+    assert "missing" not in (tmp_path / "report" / "coverage.csv").read_text()
+
+
+def test_samples_done_counts_samples_whose_every_seed_ended() -> None:
+    """A sample is spent when each of its trials ended (finished or failed); one RUNNING or never started
+    seed keeps it open; a configuration drawn by two samples counts for both."""
+    from types import SimpleNamespace
+
+    from study.search import samples_done
+
+    def run(status: str) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(status=status))
+
+    runs = {"a0": run("FINISHED"), "a1": run("FAILED"), "b0": run("FINISHED"), "b1": run("RUNNING"),
+            "c0": run("FINISHED")}
+    samples = {"a0": [0], "a1": [0], "b0": [1], "b1": [1], "c0": [2, 3], "c1": [2, 3]}
+    assert samples_done(samples, runs) == 1  # sample 0; 1 has a RUNNING seed, 2 and 3 a seed never started
+    runs["c1"] = run("KILLED")
+    assert samples_done(samples, runs) == 3
+
+
+def test_status_of_a_search_before_its_first_record_says_what_is_left(tmp_path) -> None:
+    """Before the driver recorded anything, status takes the budget from the spec: none done, all left."""
+    from study.status import _search
+
+    raw = {"search": {"type": "optuna", "num_samples": 12}, "seeds": [0, 1]}
+    assert _search({}, raw)["line"] == "search optuna: 0 of 12 samples done, 12 left (each on 2 seeds)"
+    recorded = {tracking.SEARCH_TAG: "optuna", tracking.SEARCH_SAMPLES_TAG: "12", tracking.SEARCH_DONE_TAG: "5",
+                tracking.SEARCH_SEEDS_TAG: "2"}
+    assert {k: v for k, v in _search(recorded, raw).items() if k != "line"} == \
+        {"type": "optuna", "samples": 12, "done": 5, "left": 7, "seeds": 2}
+    assert _search({}, {"search": {"type": "grid"}, "seeds": [0]}) is None

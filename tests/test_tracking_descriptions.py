@@ -58,29 +58,41 @@ def test_trial_description_says_when_primary_is_missing():
     assert "Primary metric `test/set5/psnr`: not reported (the trial did not finish)" in text.splitlines()
 
 
-def _run(status, task):
-    return SimpleNamespace(info=SimpleNamespace(status=status), data=SimpleNamespace(params={"task": task}))
+def test_trial_description_of_a_trial_stopped_early_says_so():
+    from study.halving import Halving, stop_sentence
+
+    h = Halving("superres", "coco", "val/psnr", "max", 1, 3, 9, 56, 56, 1)
+    text = tracking.trial_description(sr_config(), {}, "test/set5/psnr", stopped=stop_sentence(3, 21.51234, h))
+    assert ("**Stopped early by the halving search at epoch 3 of 9: `val/psnr` = 21.51 was below the rung's "
+            "cutoff.** Primary metric `test/set5/psnr`: not measured (stopped before the test)") in text.splitlines()
+
+
+def _run(status, task, tags=None):
+    return SimpleNamespace(info=SimpleNamespace(status=status),
+                           data=SimpleNamespace(params={"task": task}, tags=tags or {}))
 
 
 def test_coverage_by_task_counts_plan_and_extra_runs():
-    plan = [{"trial_key": "a", "task": "toy"}, {"trial_key": "b", "task": "toy"}, {"trial_key": "c", "task": "sr"}]
-    runs = {"a": _run("FINISHED", "toy"), "c": _run("FAILED", "sr"), "x": _run("RUNNING", "toy")}
+    """A FINISHED run a halving search stopped (tag `dpl.stopped_early`) counts as stopped, not finished."""
+    plan = [{"trial_key": k, "task": "toy"} for k in "abd"] + [{"trial_key": "c", "task": "sr"}]
+    runs = {"a": _run("FINISHED", "toy"), "c": _run("FAILED", "sr"), "x": _run("RUNNING", "toy"),
+            "d": _run("FINISHED", "toy", {tracking.STOPPED_TAG: "3"})}
     assert tracking.coverage_by_task(plan, runs) == {
-        "toy": {"planned": 3, "finished": 1, "running": 1, "failed": 0, "pending": 1},
-        "sr": {"planned": 1, "finished": 0, "running": 0, "failed": 1, "pending": 0},
-        "total": {"planned": 4, "finished": 1, "running": 1, "failed": 1, "pending": 1},
+        "toy": {"planned": 4, "finished": 1, "stopped": 1, "running": 1, "failed": 0, "pending": 1},
+        "sr": {"planned": 1, "finished": 0, "stopped": 0, "running": 0, "failed": 1, "pending": 0},
+        "total": {"planned": 5, "finished": 1, "stopped": 1, "running": 1, "failed": 1, "pending": 1},
     }
 
 
 def test_study_description_has_coverage_table_and_report_link_or_how_to_make_it():
-    cov = {"toy": {"planned": 2, "finished": 2, "running": 0, "failed": 0, "pending": 0}}
+    cov = {"toy": {"planned": 2, "finished": 2, "stopped": 0, "running": 0, "failed": 0, "pending": 0}}
     without = tracking.study_description("demo", cov, "7")
     assert without == "\n".join([
         "**Study** demo: one child run per trial.",
         "",
-        "| task | planned | finished | running | failed | pending |",
-        "|---|---|---|---|---|---|",
-        "| toy | 2 | 2 | 0 | 0 | 0 |",
+        "| task | planned | finished | stopped | running | failed | pending |",
+        "|---|---|---|---|---|---|---|",
+        "| toy | 2 | 2 | 0 | 0 | 0 | 0 |",
         "",
         "No report yet: `dpl analyze --experiment demo --out DIR` tests the conventions and logs its report "
         "here as an analysis run.",

@@ -26,6 +26,8 @@ DATASETS = ("noise",)
 VARIANTS = ("default",)
 METRICS = {"score": "max", "final_loss": "min"}
 PRIMARY_METRIC = "score"
+#: reported every epoch: minus the loss (what a halving search stops on)
+EPOCH_METRIC = ("val/score", "max")
 # kill_seed: with kill_at_epoch, only the trial of this seed kills its worker (-1: every trial)
 _BASE = {"epochs": 2, "sleep_s": 0.0, "fail": False, "kill_at_epoch": 0, "kill_seed": -1, "lr": 0.1,
          "memory_gib": 0.0, "log_times": False}
@@ -91,7 +93,7 @@ def run(config, reporter):
             marker.write_text("x")
             _log_time(config, "kill")
             os.kill(os.getpid(), signal.SIGKILL)
-        metrics = {"train/loss": float(loss.detach())}
+        metrics = {"train/loss": float(loss.detach()), "val/score": -float(loss.detach())}
         if epoch == p["epochs"]:
             metrics.update(score=-float(loss), final_loss=float(loss))
         with staged_checkpoint({"gain": gain.detach().clone(), "epoch": epoch}) as d:

@@ -5,6 +5,12 @@
 - `METRICS`: {final metric name: "max" | "min"}; `PRIMARY_METRIC`: the one used to rank loss networks
 - `DISTANCE` (optional): "lpips" or "mse", how the task uses the loss network (logged as param `distance`,
   so `dpl recommend` can print the `PerceptualLoss(...)` line that reproduces it)
+- `EPOCH_METRIC`: (name, "max" | "min"), the validation metric the task reports at every epoch and selects
+  on; comparable across loss networks (never the loss itself, whose scale depends on the network). A run
+  records it (tags `dpl.epoch_metric`, `dpl.epoch_metric_mode`); the analysis reads the per-epoch ranking
+  from it and a halving search (`search: {type: halving}`) stops trials on it. Required for halving only.
+- `epochs(config) -> int` (optional): how many epochs, each reporting EPOCH_METRIC, a trial with these
+  resolved settings runs (default `config.params["epochs"]`; 0 = it reports none per epoch)
 - `BUDGETS`: {"smoke"|"quick"|"paper": {hyper-parameter: default}} (the keys `--set` may override)
 - `input_size(config) -> int`: the loss network's input size (for the feature-shape metadata)
 - `run(config, reporter) -> dict[str, float]`: the trial itself; `config.params` is already resolved
@@ -72,6 +78,27 @@ def use_plugins(recorded: dict[str, str]) -> None:
     merged = {**recorded, **plugin_tasks()}
     if merged != plugin_tasks():
         os.environ[PLUGIN_ENV] = ",".join(f"{name}={module}" for name, module in merged.items())
+
+
+def epoch_metric(module: ModuleType) -> tuple[str, str] | None:
+    """A task module's (EPOCH_METRIC name, direction), None when it declares none; a malformed one is a
+    one-line error naming the module."""
+    value = getattr(module, "EPOCH_METRIC", None)
+    if value is None:
+        return None
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str)
+            and value[1] in ("max", "min")):
+        raise UserError(f"{module.__name__}.EPOCH_METRIC = {value!r}: give (metric name, 'max' | 'min'), "
+                        f"e.g. ('val/psnr', 'max')")
+    return value[0], value[1]
+
+
+def epochs(module: ModuleType, config: Any) -> int:
+    """How many epochs (each reporting the EPOCH_METRIC) a trial of `config` runs: the module's
+    `epochs(config)`, else its `epochs` setting, else 0 (no per-epoch report known)."""
+    if hasattr(module, "epochs"):
+        return int(module.epochs(config))
+    return int(config.params.get("epochs", 0))
 
 
 def task_module(name: str) -> ModuleType:

@@ -53,6 +53,9 @@ METRICS = {
 PRIMARY_METRIC = "test/quality"
 #: The loss network is used with the feature MSE, logged as param `distance`.
 DISTANCE = "mse"
+#: Reported every epoch on the validation tiles (the default `select_on`; `select_on: val_bce` changes which
+#: epoch's model is tested, not what a halving search ranks on).
+EPOCH_METRIC = ("val/quality", "max")
 #: network "none" = the pixel-loss baseline (BCE only; no loss network is built).
 NETWORKLESS_OK = (NO_NETWORK,)
 #: `select_on` -> (validation metric, direction) that picks the tested epoch. The total loss is not one:

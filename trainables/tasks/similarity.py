@@ -41,6 +41,11 @@ PRIMARY_METRIC = "2afc/mean"
 #: The perceptual distance the loss network is used with (logged as param `distance`; `dpl recommend`
 #: prints it in its `PerceptualLoss(...)` line).
 DISTANCE = "lpips"
+#: The 2AFC score of the first `monitor_pairs` of each val subset, after every training epoch of a trained
+#: variant. `baseline` trains nothing (it is scored once), and with `monitor_pairs: 0` (the paper budget:
+#: BAPPS val is the test set) nothing is reported per epoch: `epochs` is 0 for both, so a halving search
+#: refuses them.
+EPOCH_METRIC = ("val/2afc", "max")
 
 # epochs: total training epochs, of which the last `decay_epochs` decay the lr linearly (LPIPS: 5 + 5).
 # max_train_pairs: 0 = all (seeded random choice over the pooled train subsets otherwise);
@@ -57,6 +62,12 @@ BUDGETS: dict[str, dict[str, Any]] = {
 }
 #: sample triplets drawn in the artifact image
 N_SAMPLES = 6
+
+
+def epochs(config: TrialConfig) -> int:
+    """Epochs that report `val/2afc`: the training epochs of a trained variant that monitors, else 0."""
+    p = config.params
+    return 0 if config.variant == "baseline" or not p["monitor_pairs"] else int(p["epochs"])
 
 
 def input_size(config: TrialConfig) -> int:
