@@ -389,14 +389,15 @@ VERBOSE_HELP = ("also show Ray's own log lines, Ray Tune's status tables and the
 GPU_MEMORY_HELP = ("memory of one GPU in GiB (e.g. 24, 40, 80): each trial asks for the smallest 1/8 of it that holds "
                    "its memory estimate plus margin (resources.gpu: auto)")
 #: = study.spec.PRESETS, spelled out so that parsing stays import-free
-PRESETS = ("smoke", "quick", "paper", "corrected")
+PRESETS = ("smoke", "quick", "paper", "corrected", "extended")
 
 
 def _add_spec_flags(p: argparse.ArgumentParser) -> None:
     """A study spec (file or preset) and its overrides: shared by `run` and `plan`."""
     p.add_argument("spec", nargs="?", help="study YAML file")
     p.add_argument("--preset", choices=PRESETS, help="a built-in study (paper: the authors' protocol; corrected: "
-                                                     "the same grid, corrected; see docs/REPRODUCTION.md)")
+                                                     "the same grid, corrected; see docs/REPRODUCTION.md; "
+                                                     "extended: today's networks and recipes, corrected)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec key (dotted: tasks.superres.mode=train; lists: mode=[eval,train]); repeatable")
     p.add_argument("--storage", help="study directory (default studies/<name>)")

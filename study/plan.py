@@ -143,9 +143,12 @@ def _values(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def loss_conditions(raw: dict[str, Any], settings: dict[str, Any]) -> list[dict[str, str]]:
-    """Every combination of the loss-network conditions for one task (task value, else the study's)."""
+def loss_conditions(raw: dict[str, Any], settings: dict[str, Any], network: str | None = None) -> list[dict[str, str]]:
+    """Every combination of the loss-network conditions for one task (task value, else the study's); a
+    network named in the study's `recipes` runs with those weight sets unless the task sets `weights`."""
     axes = {key: _values(settings.get(key, raw[key])) for key in CONDITIONS}
+    if network in raw.get("recipes", {}) and "weights" not in settings:
+        axes["weights"] = list(raw["recipes"][network])
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
@@ -173,6 +176,7 @@ def expand(spec: StudySpec) -> list[PlannedTrial]:
     raw = spec.raw
     synthetic = synthetic_datasets(spec)
     trials: dict[str, PlannedTrial] = {}
+    seen_networks: set[str] = set()
     for task, settings in raw["tasks"].items():
         module = task_module(task)
         datasets = settings.get("datasets", [module.DATASETS[0]])
@@ -180,14 +184,15 @@ def expand(spec: StudySpec) -> list[PlannedTrial]:
         networks = _networks(settings.get("networks", raw["networks"]))
         if pixel_baseline(raw, settings, module) and NO_NETWORK not in networks:
             networks.append(NO_NETWORK)
+        seen_networks.update(networks)
         points_setting = settings.get("points", raw["points"])
-        conditions = loss_conditions(raw, settings)
         params_grid = task_settings(settings, module)
         for dataset in datasets:
             root = data_root(spec, task, dataset, settings.get("data", "synthetic"))
             is_synth = True if synthetic.get(dataset) == Path(root) else None
             for network in networks:
                 # no loss network, so its conditions change nothing: one trial, with the first of each
+                conditions = loss_conditions(raw, settings, network)
                 net_conditions = conditions[:1] if network == NO_NETWORK else conditions
                 for points in _points(points_setting, network):
                     for variant in variants:
@@ -205,6 +210,10 @@ def expand(spec: StudySpec) -> list[PlannedTrial]:
                                         raise ConfigError(f"study spec: tasks.{task}: {exc}") from exc
                                     key = trial_key(config, synthetic=is_synth)
                                     trials.setdefault(key, PlannedTrial(key, config))
+    stray = sorted(set(raw.get("recipes", {})) - seen_networks)
+    if stray:
+        raise ConfigError(f"study spec: recipes: {', '.join(stray)} is in no task's networks; add it to `networks` "
+                          f"or drop it from `recipes`")
     return list(trials.values())
 
 

@@ -26,7 +26,7 @@ from trainables.config import (
     resize_setting,
 )
 
-PRESETS = ("smoke", "quick", "paper", "corrected")
+PRESETS = ("smoke", "quick", "paper", "corrected", "extended")
 SPEC_FILE = "study.yaml"
 #: Where relative `data:` paths of a spec point: `--data-root DIR`, else this variable, else the spec's own
 #: `data_root`, else DEFAULT_DATA_ROOT (relative to the current directory). `dpl data fetch all --out DIR`
@@ -54,6 +54,7 @@ TOP_KEYS = {
     "points": "'all' (each network's 4 default points), a list of p1..p4 / node names, or a mapping network -> list",
     "seeds": "list of integers",
     "weights": "imagenet | random | weight-set name | state-dict path, or a list of them",
+    "recipes": "mapping network -> list of torchvision weight sets: that network's weights axis (recipes as an axis)",
     "normalisation": "imagenet | none, or a list",
     "mode": "eval | train, or a list",
     "transform_input": "auto | on | off, or a list",
@@ -171,6 +172,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     raw["seeds"] = seeds
     for key, allowed in CONDITIONS.items():
         raw[key] = condition_values(raw.setdefault(key, allowed[0] if allowed else "imagenet"), key, allowed)
+    raw["recipes"] = _recipes(raw.setdefault("recipes", {}))
     _expect(raw.setdefault("pixel_baseline", False), bool, "pixel_baseline", "true | false")
     if "data_root" in raw:
         _expect(raw["data_root"], str, "data_root", "a directory path")
@@ -225,6 +227,20 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise _fail("search.num_samples", f"{n}", "a positive integer")
         _expect(search.setdefault("space", {}), dict, "search.space", "a mapping name -> distribution")
     return raw
+
+
+def _recipes(value: Any) -> dict[str, list[str]]:
+    """`recipes: {resnet50: [IMAGENET1K_V1, IMAGENET1K_V2]}`: the weight sets (training recipes) a network is
+    run with, in place of the study's `weights`, so one study holds architecture and point fixed and varies
+    the recipe (the analysis pairs them: docs/ANALYSIS.md). Names are checked against torchvision when planned."""
+    _expect(value, dict, "recipes", "a mapping network -> list of weight sets, e.g. {resnet50: [IMAGENET1K_V1, IMAGENET1K_V2]}")
+    out: dict[str, list[str]] = {}
+    for network, sets in value.items():
+        sets = _as_list(sets, f"recipes.{network}")
+        if not sets or not all(isinstance(s, str) and s for s in sets):
+            raise _fail(f"recipes.{network}", f"{sets!r}", "a list of weight-set names, e.g. [IMAGENET1K_V1, IMAGENET1K_V2]")
+        out[str(network)] = sets
+    return out
 
 
 def condition_values(value: Any, key: str, allowed: tuple[str, ...] | None) -> Any:
