@@ -372,7 +372,8 @@ def _init_ray() -> None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment header per Tuner
         here = Path(__file__).resolve().parent
         path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])  # workers import this
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False,
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0"}})
 
 

@@ -30,7 +30,8 @@ def two_gpu_ray():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPL_TASKS", "toy=toy_task")
         mp.setenv("PYTHONPATH", os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
-        ray.init(num_cpus=4, num_gpus=2, include_dashboard=False)
+        ray.shutdown()  # an in-process Ray another test left running (bench/halving_sim.py keeps its own)
+        ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False)
         try:
             yield ray
         finally:

@@ -37,7 +37,7 @@ NETWORKS = ["squeezenet1_1", "alexnet", "resnet18", "efficientnet_b0"]
 
 
 def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "DPL_TASKS": "planted=planted_task",
+    return {**os.environ, "DPL_TASKS": "planted=planted_task", "RAY_AUTH_MODE": "disabled",
             "PYTHONPATH": os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]), **extra}
 
 
@@ -45,7 +45,7 @@ def write(tmp: Path, name: str = "halving", **overrides) -> Path:
     (tmp / "data").mkdir(parents=True, exist_ok=True)
     spec = {"name": name, "weights": "random", "networks": NETWORKS, "points": "all", "seeds": [0],
             "tasks": {"planted": {"data": str(tmp / "data")}},
-            "search": {"type": "halving", "grace_epochs": 1, "reduction_factor": 3},
+            "search": {"type": "halving", "grace_epochs": 1, "reduction_factor": 4},
             "resources": {"cpu": 1}, "max_concurrent": 2, "ray": {"num_cpus": 2}}
     spec.update(overrides)
     path = tmp / f"{name}.yaml"
@@ -73,7 +73,9 @@ def epochs_logged(c, run) -> list[int]:
 def planted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("halving")
     study = tmp / "study"
-    result = dpl("run", str(write(tmp)), "--storage", str(study))
+    # one trial at a time: ASHA's decisions then follow from the trial order alone, not from how a loaded
+    # machine interleaves two trials of milliseconds (at 2 the epochs used varied 60-82 of the 144)
+    result = dpl("run", str(write(tmp, max_concurrent=1)), "--storage", str(study))
     assert result.returncode == 0, result.stderr[-4000:]
     return {"tmp": tmp, "study": study, "result": result,
             "client": tracking.client(tracking.default_tracking_uri(study))}
@@ -116,7 +118,7 @@ def test_stopped_trials_are_finished_runs_that_say_they_stopped(planted) -> None
             assert steps == list(range(1, 10)) and "score" in r.data.metrics
             continue
         epoch = int(r.data.tags[tracking.STOPPED_TAG])
-        assert epoch in (1, 3) and steps == list(range(1, epoch + 1)), (epoch, steps)
+        assert epoch in (1, 4) and steps == list(range(1, epoch + 1)), (epoch, steps)
         assert float(r.data.tags[tracking.STOPPED_VALUE_TAG]) == r.data.metrics["val/score"]
         assert "score" not in r.data.metrics
         assert f"Stopped early by the halving search at epoch {epoch} of 9" in r.data.tags[tracking.NOTE_TAG]
@@ -131,13 +133,13 @@ def test_status_and_report_show_the_stopped_trials(planted) -> None:
     assert st["total"]["finished"] == 16 - n_stopped and st["search"]["type"] == "halving"
     text = dpl("status", str(planted["study"])).stdout
     assert "stopped" in text.splitlines()[1] and f"stopped early: {n_stopped} trial(s)" in text
-    assert "search halving: 16 of 16 configurations done, 0 left (each on 1 seed); rungs at epoch 1, 3 of 9" in text
+    assert "search halving: 16 of 16 configurations done, 0 left (each on 1 seed); rungs at epoch 1, 4 of 9" in text
     out = planted["tmp"] / "report"
     result = dpl("analyze", "--study-dir", str(planted["study"]), "--experiment", "halving", "--out", str(out),
                  "--no-figures")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (out / "report.md").read_text()
-    assert "Search (halving): 16 configurations, each on 1 seed; rungs at epoch 1, 3" in report
+    assert "Search (halving): 16 configurations, each on 1 seed; rungs at epoch 1, 4" in report
     cov = (out / "coverage.csv").read_text().splitlines()
     assert sum(",STOPPED," in line for line in cov) == n_stopped
     assert report.count("stopped early by the halving search at epoch") == n_stopped
@@ -198,8 +200,8 @@ def test_killed_search_relaunched_continues_the_same_search(tmp_path) -> None:
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None:
             time.sleep(0.5)
-            if not (study / "mlflow.db").exists():
-                continue
+            if "dpl: MLflow store" not in (tmp_path / "driver.log").read_text():
+                continue  # the driver is still creating the store: a second client now races its schema migration
             c = c or tracking.client(tracking.default_tracking_uri(study))
             with contextlib.suppress(Exception):
                 runs = trial_runs(study)
@@ -263,8 +265,11 @@ def test_smoke_halving_study_on_a_real_task_runs_and_is_analysed(tmp_path) -> No
     runs = trial_runs(tmp_path / "study", "ae")
     stopped = [r for r in runs.values() if tracking.STOPPED_TAG in r.data.tags]
     done = [r for r in runs.values() if tracking.STOPPED_TAG not in r.data.tags]
-    assert len(runs) == 4 and stopped and done and {r.info.status for r in runs.values()} == {"FINISHED"}
+    # whether ASHA stops any of 4 trials depends on the order their first epochs arrive in (a tie with the
+    # rung's median does not stop); the stopping itself is checked deterministically on the planted task above
+    assert len(runs) == 4 and done and {r.info.status for r in runs.values()} == {"FINISHED"}
     assert all("probe/best_val_test_acc" in r.data.metrics for r in done)
+    assert all("val/linear_probe_acc" in r.data.metrics for r in runs.values())  # the rungs' metric, every trial
     assert all("probe/best_val_test_acc" not in r.data.metrics and "val/linear_probe_acc" in r.data.metrics
                for r in stopped)
     out = tmp_path / "report"

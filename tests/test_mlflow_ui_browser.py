@@ -69,7 +69,7 @@ def make_study(tmp_path: Path, monkeypatch) -> tuple[Path, str, dict[str, str]]:
     tracking.describe_study_run(c, exp_id, parent, spec.name, [t.summary() for t in plan])
     c.set_terminated(parent, status=tracking.FINISHED)
     assert c.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
-    assert "| toy | 2 | 2 | 0 | 0 | 0 |" in c.get_run(parent).data.tags[tracking.NOTE_TAG].splitlines()
+    assert "| toy | 2 | 2 | 0 | 0 | 0 | 0 |" in c.get_run(parent).data.tags[tracking.NOTE_TAG].splitlines()
     return spec.study_dir, exp_id, names
 
 

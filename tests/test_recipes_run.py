@@ -42,7 +42,7 @@ def test_a_recipe_axis_plans_one_trial_per_recipe(tmp_path, capsys) -> None:
 def test_a_recipe_axis_runs_and_every_run_records_its_recipe(tmp_path, checkpoints, monkeypatch) -> None:  # noqa: F811
     for i, ws in enumerate(RECIPES):
         put_in_cache(checkpoints, "resnet50", ws, seeded_state("resnet50", 20 + i), monkeypatch)
-    urls_for_child_processes([("resnet50", ws) for ws in RECIPES], tmp_path / "site", monkeypatch)
+    urls_for_child_processes([("resnet50", ws) for ws in RECIPES], monkeypatch)
     study_dir = tmp_path / "study"
     run = dpl("run", str(recipe_spec(tmp_path)), "--storage", str(study_dir))
     assert run.returncode == 0, run.stderr[-3000:]

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import pathlib
 import time
 from collections.abc import Iterator
@@ -77,16 +76,12 @@ def put_in_cache(hub: Path, name: str, weights: str, state: dict[str, torch.Tens
     return put_bytes_in_cache(hub, name, weights, _saved(state), monkeypatch)
 
 
-def urls_for_child_processes(entries: list[tuple[str, str]], site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The URLs `put_in_cache` patched, for `dpl` run as a subprocess and its Ray workers too: a
-    `sitecustomize` on PYTHONPATH (which they inherit) sets each (network, weight set) URL at start-up."""
-    site.mkdir(parents=True, exist_ok=True)
-    lines = ["import torchvision"]
-    for name, weights in entries:
-        url = torchvision.models.get_model_weights(name)[weights].url
-        lines.append(f"torchvision.models.get_model_weights({name!r})[{weights!r}].value.url = {url!r}")
-    (site / "sitecustomize.py").write_text("\n".join(lines) + "\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+def urls_for_child_processes(entries: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URLs `put_in_cache` patched, for `dpl` run as a subprocess and its Ray workers too: the toy task
+    (tests/plugins/toy_task.py), which they import before a trial builds its network, sets each (network,
+    weight set) URL named in $DPL_TEST_WEIGHT_URLS (a test-only hook: the product has none)."""
+    urls = {f"{name}/{weights}": torchvision.models.get_model_weights(name)[weights].url for name, weights in entries}
+    monkeypatch.setenv("DPL_TEST_WEIGHT_URLS", json.dumps(urls))
 
 
 def put_bytes_in_cache(hub: Path, name: str, weights: str, data: bytes, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -16,11 +16,17 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 from trainables.distances import feature_mse
 from trainables.loss_networks import build_from_config
 from trainables.reporting import load_checkpoint, staged_checkpoint
 from trainables.tasks import TrainingStep
+
+#: tests/test_weights_offline.py::urls_for_child_processes: seeded weight files under the URLs the test gave
+for _key, _url in json.loads(os.environ.get("DPL_TEST_WEIGHT_URLS", "{}")).items():
+    _network, _weights = _key.split("/")
+    torchvision.models.get_model_weights(_network)[_weights].value.url = _url  # type: ignore[misc]
 
 DATASETS = ("noise",)
 VARIANTS = ("default",)
