@@ -76,5 +76,9 @@ def test_replay_makes_the_decisions_real_tune_makes() -> None:
     """Concurrency 1: the same trials in the same order under Ray Tune and under the replay loop give the
     same stops and the same ranking (so the replay's thousands of repetitions measure Tune's scheduler)."""
     import halving_sim
+    import ray
 
-    assert halving_sim.check(reps=2, world=replace(WORLDS["measured"], cells=8, epochs=9)) == 0
+    try:
+        assert halving_sim.check(reps=2, world=replace(WORLDS["measured"], cells=8, epochs=9)) == 0
+    finally:
+        ray.shutdown()  # the harness's in-process Ray: later tests start or join Rays of their own
