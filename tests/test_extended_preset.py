@@ -148,3 +148,13 @@ def test_extended_at_ci_size_runs_and_is_analysed(tmp_path) -> None:
     assert vgg and all(claims.loc[c, "verdict"].startswith("not applicable") for c in vgg)
     recipe = claims.loc["A more accurate recipe of the same architecture gives a better perceptual loss", "verdict"]
     assert recipe.startswith("not supported") or recipe.startswith("not applicable")
+
+
+def test_resize_off_unquoted_in_yaml_is_off(tmp_path) -> None:
+    """YAML reads `resize: off` as False; the spec (as the README writes it) still means `off`."""
+    raw = yaml.safe_load(preset_path("smoke").read_text())
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw) + "resize: off\n")
+    assert yaml.safe_load(path.read_text())["resize"] is False
+    spec = load_spec(str(path), storage=tmp_path / "study")
+    assert {t.config.resize for t in expand(spec)} == {"off"}

@@ -43,8 +43,9 @@ class ConfigError(UserError, ValueError):
 
 
 def resize_setting(value: Any) -> str:
-    """A `resize` value as the string that is recorded and hashed: `off`, `auto` or a side (`224`, from 224)."""
-    text = str(value)
+    """A `resize` value as the string that is recorded and hashed: `off`, `auto` or a side (`224`, from 224).
+    YAML 1.1 reads an unquoted `off` as False (the README's `resize: off`), so False is `off` too."""
+    text = "off" if value is False else str(value)
     if text in RESIZE_WORDS or (text.isdigit() and int(text) > 0 and not isinstance(value, bool)):
         return text
     raise ConfigError(f"resize: {value!r} is not one of {' | '.join(RESIZE_WORDS)} or a positive side in pixels (e.g. 224)")
