@@ -99,3 +99,16 @@ def outside_ray_cluster(temp_dir: Path) -> Iterator[dict[str, Any]]:
         yield {"pid": proc.pid, "address": address_file.read_text().strip()}
     finally:
         kill_session(proc.pid)
+
+
+def outside_ray_misuse(cluster: dict[str, Any]) -> str | None:
+    """What went wrong with the outside Ray of `outside_ray_cluster`, or None: its `ray start --block` process
+    died (something ran `ray stop` or killed Ray processes by name), or a driver connected to it (its GCS
+    job table is not empty: a test, `dpl run` or a Ray of the suite attached to it)."""
+    from ray._raylet import GcsClient
+
+    if cluster["pid"] not in session_members(cluster["pid"]):
+        return "the outside `ray start --head` was killed"
+    jobs = GcsClient(address=cluster["address"]).get_all_job_info(timeout=30)  # its GCS still answers
+    return f"{len(jobs)} driver(s) of the suite connected to the outside Ray" if jobs else None
+

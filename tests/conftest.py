@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _processes import outside_ray_cluster
+from _processes import outside_ray_cluster, outside_ray_misuse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -52,10 +52,38 @@ def _private_ray() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+#: Session fixtures too costly to start in every worker of a parallel run (a PostgreSQL and two MLflow servers):
+#: the tests that use one run in one worker.
+_SHARED_SESSION_FIXTURES = ("tracking_servers",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The outside-Ray check runs after every other test (it asks whether they left that Ray alone)."""
+    """The outside-Ray check runs after every other test (it asks whether they left that Ray alone).
+
+    In a parallel run (`pytest -n 2 --dist loadgroup`, what `make test` runs) the tests that share a module- or
+    class-scoped fixture (a real study launched once and checked by several tests) go to one worker together,
+    so the study runs once, as in a serial run; so do the users of a costly session fixture."""
     last = [item for item in items if item.path.name == OUTSIDE_RAY_TEST]
-    items[:] = [item for item in items if item.path.name != OUTSIDE_RAY_TEST] + last
+    rest = [item for item in items if item.path.name != OUTSIDE_RAY_TEST]
+    # the slow tests first (stable otherwise): workers that start with the long ones end together
+    items[:] = sorted(rest, key=lambda item: item.get_closest_marker("slow") is None) + last
+    for item in items:
+        group = _shared_fixture_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    for name in _SHARED_SESSION_FIXTURES:
+        if name in info.names_closure:
+            return name
+    for defs in info.name2fixturedefs.values():
+        if defs and defs[-1].scope in ("module", "class", "package"):
+            return item.path.name
+    return None
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -63,12 +91,19 @@ def outside_ray(request: pytest.FixtureRequest, _private_ray: Path) -> Iterator[
     """A Ray "the user" started before the suite, where a plain `ray.init()` of the suite would find it (it
     is the newest cluster of the suite's own Ray temp dir), running for the whole session; None when the
     session does not include OUTSIDE_RAY_TEST (a single test file starts no sentinel).
-    `tests/test_outside_ray.py` checks at the end that it is still alive and that no driver ever connected."""
+    `tests/test_outside_ray.py` checks at the end that it is still alive and that no driver ever connected.
+
+    In a parallel run each worker has its own (in its own Ray temp dir), and a worker may run that test before
+    its other tests, so every worker repeats the check here, after its last test: a failure is an error at
+    the teardown of that test."""
     if not any(item.path.name == OUTSIDE_RAY_TEST for item in request.session.items):
         yield None
         return
     with outside_ray_cluster(_private_ray / "ray") as cluster:
         yield cluster
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            misuse = outside_ray_misuse(cluster)
+            assert misuse is None, f"{misuse} (worker {os.environ['PYTEST_XDIST_WORKER']})"
 
 
 # ------------------------------------------------------------------------------------- no network
