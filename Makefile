@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/dpl analyze --study-dir studies/smoke --experiment smoke --out studies/smoke/report
 
 test: $(STAMP)
-	MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15
 
 clean-studies:
 	rm -rf studies runs

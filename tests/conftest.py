@@ -60,13 +60,14 @@ _SHARED_SESSION_FIXTURES = ("tracking_servers",)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The outside-Ray check runs after every other test (it asks whether they left that Ray alone).
 
-    In a parallel run (`pytest -n 2 --dist loadgroup`, what `make test` runs) the tests that share a module- or
+    In a parallel run (`pytest -n 4 --dist loadgroup`, for a machine with cores to spare; README) the tests that share a module- or
     class-scoped fixture (a real study launched once and checked by several tests) go to one worker together,
     so the study runs once, as in a serial run; so do the users of a costly session fixture."""
     last = [item for item in items if item.path.name == OUTSIDE_RAY_TEST]
     rest = [item for item in items if item.path.name != OUTSIDE_RAY_TEST]
-    # the slow tests first (stable otherwise): workers that start with the long ones end together
-    items[:] = sorted(rest, key=lambda item: item.get_closest_marker("slow") is None) + last
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # workers that start with the long ones end together
+        rest.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items[:] = rest + last
     for item in items:
         group = _shared_fixture_group(item)
         if group:
