@@ -559,29 +559,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def command() -> None:
-    """The `dpl` executable: `main()`, its exit handlers, its output flushed, and then the process ends.
-
-    Why not a plain `sys.exit`: after a command that imported torch, torchvision and MLflow, CPython's
-    teardown of those modules takes another 2-3 s on 2 cores (a one-trial `dpl run`: its last exit handler
-    ran at 18.8 s, the process ended at 21.6 s; docs/BENCHMARKS.md, CI time), in which nothing is written or
-    recorded any more. Non-daemon threads are waited for and every exit handler (MLflow's, Ray's, logging's,
-    temp-dir finalisers) runs first, as at a normal exit."""
-    import atexit
-    import threading
-
-    code = main()
-    for thread in threading.enumerate():  # as interpreter shutdown would: wait for the non-daemon threads
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # what interpreter shutdown would run first; each handler's error is printed there
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`dpl ... | head`): nothing more can be written
-            pass
-    os._exit(int(code or 0))
-
-
 if __name__ == "__main__":
-    command()
+    sys.exit(main())
