@@ -116,8 +116,11 @@ def cuda_correctness(dev: Any, networks: tuple[str, ...]) -> None:
             for kind in ("lpips", "mse"):
                 # two builds, same seed = same weights. Not copy.deepcopy: a deep-copied torch.fx GraphModule comes
                 # back in training mode, so BatchNorm would use batch statistics (torch 2.14.1).
-                d_cpu = PerceptualDistance(build_loss_network(name, "all", weights="random", seed=0), kind).eval()
-                d_gpu = PerceptualDistance(build_loss_network(name, "all", weights="random", seed=0), kind).to(dev).eval()
+                # resize auto: the fixed-size networks (ViT, MaxViT) see the 64 px pair resized to 224 px
+                d_cpu = PerceptualDistance(build_loss_network(name, "all", weights="random", seed=0, resize="auto"),
+                                           kind).eval()
+                d_gpu = PerceptualDistance(build_loss_network(name, "all", weights="random", seed=0, resize="auto"),
+                                           kind).to(dev).eval()
                 a, b = x0.clone().requires_grad_(True), x1.clone()
                 ag, bg = x0.to(dev, copy=True).requires_grad_(True), x1.to(dev, copy=True)
                 out_c, out_g = d_cpu(a, b), d_gpu(ag, bg)
@@ -227,7 +230,7 @@ def trial_memory(dev: Any, spec_path: Path, workdir: Path) -> float:
     from trainables.trial import run_trial
 
     section("peak GPU memory per trial (each trial in-process on CUDA; allocated / reserved by torch's allocator; "
-            "a process adds its CUDA context, see nvidia-smi below)")
+            "a process adds its CUDA context: peak MiB/proc in the trials/hour table)")
     spec = load_spec(spec_path, storage=workdir / "memory-study")
     worst = 0.0
     say(f"{'trial':<48}{'seconds':>9}{'allocated MiB':>15}{'reserved MiB':>14}")
@@ -250,7 +253,8 @@ def trial_memory(dev: Any, spec_path: Path, workdir: Path) -> float:
     return worst
 
 
-def study_runs(dev: Any, fractions: tuple[float, ...], deadline: float, workdir: Path) -> None:
+def study_runs(dev: Any, fractions: tuple[float, ...], deadline: float, workdir: Path,
+               trial_memory_first: bool = True) -> None:
     """`dpl run` of the smoke study at each GPU fraction: trials/hour and peak GPU memory per worker."""
     import torch
 
@@ -264,7 +268,7 @@ def study_runs(dev: Any, fractions: tuple[float, ...], deadline: float, workdir:
         raw["ray"] = {"num_gpus": 1, "num_cpus": os.cpu_count() or 2}
         cpus = 1
     spec_path = write_spec(raw, workdir / "gpu-smoke.yaml", 0, None)
-    worst_reserved = trial_memory(dev, spec_path, workdir)
+    worst_reserved = trial_memory(dev, spec_path, workdir) if trial_memory_first else 0.0
     total_mib = torch.cuda.get_device_properties(dev).total_memory / 2**20 if dev.type == "cuda" else 0.0
     rows = []
     for f in fractions:
@@ -311,10 +315,12 @@ def study_runs(dev: Any, fractions: tuple[float, ...], deadline: float, workdir:
             f"{r['tph_steady']:>10.0f}{r['peak_proc'] if r['peak_proc'] is not None else 'n/a':>14}"
             f"{r['peak_total'] if r['peak_total'] is not None else 'n/a':>15}"
             + (f"   {r['tph_steady'] / base:.2f}x steady vs 1 per GPU" if base else ""))
-    fits = int(total_mib // (worst_reserved + 600)) if total_mib else 0
-    say(f"sizing: the largest trial reserved {worst_reserved:.0f} MiB in-process, plus a CUDA context of a few hundred "
-        f"MiB per process (peak MiB/proc above); by memory alone a {total_mib / 1024:.0f} GiB GPU holds about {fits} "
-        f"such trials at once; trials/hour usually stops growing earlier (compare steady/h across fractions)")
+    if worst_reserved:  # not with --skip trial-memory: nothing to size by
+        fits = int(total_mib // (worst_reserved + 600)) if total_mib else 0
+        say(f"sizing: the largest trial reserved {worst_reserved:.0f} MiB in-process, plus a CUDA context of a few "
+            f"hundred MiB per process (peak MiB/proc above); by memory alone a {total_mib / 1024:.0f} GiB GPU holds "
+            f"about {fits} such trials at once; trials/hour usually stops growing earlier (compare steady/h across "
+            f"fractions)")
     for r in rows:
         if r["done"] < 8:
             say(f"WARN  only {r['done']} of 8 trials finished at {r['fraction']} GPU per trial")
@@ -330,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="no new study run starts after this many seconds (default 420; the .sh has its own limit)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--skip", nargs="+", default=[], choices=("correctness", "throughput", "study"))
+    ap.add_argument("--skip", nargs="+", default=[], choices=("correctness", "throughput", "study", "trial-memory"))
+    ap.add_argument("--fractions", nargs="+", type=float, help="GPU per trial of the study runs (default 1 0.5 0.25; "
+                                                                "--quick: 0.25)")
     ap.add_argument("--dry-run-on-cpu", action="store_true",
                     help="without CUDA, run the CUDA sections on the CPU at tiny sizes (tests this script itself; "
                          "its numbers mean nothing)")
@@ -348,11 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         say("DRY RUN: the CUDA sections run on the CPU at tiny sizes to test this script; their numbers mean nothing")
         dev = torch.device("cpu")
         args.batch_size, args.size = min(args.batch_size, 2), min(args.size, 64)
-    correctness_nets = ("alexnet", "squeezenet1_1", "resnet50") if args.quick else \
-        ("alexnet", "vgg16", "squeezenet1_1", "resnet50", "efficientnet_b0", "densenet121")
+    # the paper's networks and today's (the extended preset: ConvNeXt, Swin, EfficientNetV2, RegNet, ViT, MaxViT)
+    correctness_nets = ("alexnet", "squeezenet1_1", "resnet50", "convnext_tiny", "vit_b_16") if args.quick else \
+        ("alexnet", "vgg16", "squeezenet1_1", "resnet50", "efficientnet_b0", "densenet121", "convnext_tiny", "swin_t",
+         "efficientnet_v2_s", "regnet_y_1_6gf", "vit_b_16", "maxvit_t")
     throughput_nets = ("vgg16", "resnet50") if args.quick else ("alexnet", "vgg16", "squeezenet1_1", "resnet50",
-                                                                "efficientnet_b0")
-    fractions = (0.25,) if args.quick else (1.0, 0.5, 0.25)
+                                                                "efficientnet_b0", "convnext_tiny", "swin_t",
+                                                                "vit_b_16")
+    fractions = tuple(args.fractions or ((0.25,) if args.quick else (1.0, 0.5, 0.25)))
     if dev is not None:
         if "correctness" not in args.skip:
             cuda_correctness(dev, correctness_nets)
@@ -363,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 say("SKIP  study section: ray and/or mlflow are not installed (gpu_check.sh tries to install them)")
             else:
                 with tempfile.TemporaryDirectory(prefix="dpl-gpu-check-") as tmp:
-                    study_runs(dev, fractions, deadline, Path(tmp))
+                    study_runs(dev, fractions, deadline, Path(tmp), "trial-memory" not in args.skip)
     else:
         section("CUDA sections")
         say("SKIP  CUDA correctness, throughput (fp32 / bf16 autocast) and the study at 1, 2 and 4 trials per GPU: "

@@ -11,11 +11,16 @@
 #    reported and only skip the parts that need them);
 # 3. runs bench/gpu_check.py: CUDA correctness (distances and gradients equal the CPU ones), loss-network
 #    throughput with and without bf16 autocast, trials/hour of the smoke study at 1, 2 and 4 trials per GPU
-#    with peak GPU memory per trial. Without a CUDA device the CUDA parts are skipped with a message.
+#    with peak GPU memory per trial. Without a CUDA device the CUDA parts are skipped with a message;
+# 4. with CUDA: bench/memory_estimate.py --device cuda --full-batch (the memory estimate that sizes a trial's
+#    GPU share against torch's allocated/reserved peak and the device's used memory), GPU_CHECK_MEMORY_S = 150 s.
+#
+# Offline GPU machines: wheels of the missing packages placed in .whl/ (how: docs/BENCHMARKS.md, "GPU") are
+# installed into a private folder ($GPU_CHECK_SITE, default /tmp/dpl-gpu-site) on PYTHONPATH, nothing else.
 #
 # Everything goes to stdout. Exit status: 0 ok, 1 correctness failure, 2 no usable Python/torch,
-# 124 the Python part ran past its limit (what is left of GPU_CHECK_TOTAL_S = 470 s after the setup, or
-# GPU_CHECK_TIMEOUT_S). pip steps are limited to GPU_CHECK_PIP_LIMIT_S = 60 s each.
+# 124 the Python part ran past its limit (what is left of GPU_CHECK_TOTAL_S = 540 s after the setup and the
+# memory part, or GPU_CHECK_TIMEOUT_S). pip steps are limited to GPU_CHECK_PIP_LIMIT_S = 60 s each.
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 START=$(date +%s)
@@ -24,7 +29,8 @@ export MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 PIP_DISABLE_PIP_V
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 VENV=.venv-gpucheck
 PIP_LIMIT_S=${GPU_CHECK_PIP_LIMIT_S:-60}
-TOTAL_S=${GPU_CHECK_TOTAL_S:-470}   # the whole check, setup included, stays under 8 minutes
+TOTAL_S=${GPU_CHECK_TOTAL_S:-540}   # the whole check, setup included, stays under 9 minutes
+MEMORY_S=${GPU_CHECK_MEMORY_S:-150}  # of which the memory estimate's part (CUDA only)
 export PIP_RETRIES=1 PIP_TIMEOUT=10   # offline machines fail fast instead of retrying for minutes
 
 log "host $(hostname), $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
@@ -70,6 +76,18 @@ else
 fi
 log "python: $PY ($($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)'))"
 
+# carried wheels (an offline GPU machine): into a private folder, never over the machine's own packages
+if ls .whl/*.whl >/dev/null 2>&1; then
+  SITE=${GPU_CHECK_SITE:-/tmp/dpl-gpu-site}
+  if timeout "$PIP_LIMIT_S" $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+       --target "$SITE" .whl/*.whl >/dev/null 2>&1; then
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+    log "installed $(ls .whl/*.whl | wc -l) carried wheels from .whl/ into $SITE (on PYTHONPATH)"
+  else
+    log "WARN could not install the wheels in .whl/ into $SITE"
+  fi
+fi
+
 # the project itself (no dependency resolution: torch stays as it is)
 if ! $PY -c "import study.cli, trainables" >/dev/null 2>&1 || ! $PY -m pip show dpl-study >/dev/null 2>&1; then
   if timeout "$PIP_LIMIT_S" $PY -m pip install -q -e . --no-deps --no-build-isolation >/dev/null 2>&1 \
@@ -98,12 +116,19 @@ else
   log "dependencies: all present"
 fi
 
-LIMIT=${GPU_CHECK_TIMEOUT_S:-$(( TOTAL_S - ($(date +%s) - START) ))}
+CUDA=$($PY -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+[ "$CUDA" = 1 ] || MEMORY_S=0
+LIMIT=${GPU_CHECK_TIMEOUT_S:-$(( TOTAL_S - MEMORY_S - ($(date +%s) - START) ))}
 [ "$LIMIT" -lt 120 ] && LIMIT=120
 export GPU_CHECK_BUDGET_S=$(( LIMIT - 40 ))   # gpu_check.py starts no new study run after this
 log "running bench/gpu_check.py $* (limit ${LIMIT} s)"
 timeout "$LIMIT" $PY -u bench/gpu_check.py "$@"
 rc=$?
 [ $rc -eq 124 ] && log "FAIL bench/gpu_check.py ran past ${LIMIT} s"
+if [ "$MEMORY_S" -gt 0 ]; then
+  log "running bench/memory_estimate.py --device cuda --full-batch (limit ${MEMORY_S} s)"
+  timeout "$MEMORY_S" $PY -u bench/memory_estimate.py --device cuda --full-batch \
+    || log "WARN bench/memory_estimate.py ended with $? (124: ran past ${MEMORY_S} s)"
+fi
 log "exit status $rc (0 ok, 1 correctness failure, 2 environment) after $(( $(date +%s) - START )) s"
 exit $rc

@@ -54,7 +54,7 @@ def _private_ray() -> Iterator[Path]:
 
 #: Session fixtures too costly to start in every worker of a parallel run (a PostgreSQL and two MLflow servers):
 #: the tests that use one run in one worker.
-_SHARED_SESSION_FIXTURES = ("tracking_servers",)
+_SHARED_SESSION_FIXTURES = ("tracking_servers", "smoke_study")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -312,3 +312,15 @@ def tracking_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Track
         yield servers
     finally:
         servers.close()
+
+
+# ------------------------------------------------------------------------ the smoke study (shared)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One real smoke study, `make demo`'s launch then its faults, relaunch and analysis, each step run on
+    first use (tests/_smoke_study.py); the console and pipeline tests check the same store."""
+    from _smoke_study import SmokeStudy
+
+    return SmokeStudy(tmp_path_factory.mktemp("smoke-study"))

@@ -2,13 +2,13 @@
 
 The real CLI runs in subprocesses: the smoke preset as `make demo` runs it (its whole console must stay
 under 60 lines, one `started` and one `finished` line per trial, no Ray Tune table), a toy study whose
-trials fail, die and resume (one line each), and one `--verbose` launch that still shows Ray Tune's
-tables. The console's arithmetic (counts, ETA) is checked against independent formulas with a fake clock.
+trials fail, die and resume (one line each; `dpl status` lists the failures; the dead worker's trial resumed
+into its own run), and `--verbose` (tests/test_study.py's 64-trial launch) still shows Ray Tune's tables. The
+smoke launch is the first step of the session's shared smoke study (tests/_smoke_study.py). The console's arithmetic (counts, ETA) is checked against independent formulas with a fake clock.
 """
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import signal
@@ -20,33 +20,15 @@ import numpy as np
 import pytest
 import yaml
 
+from _smoke_study import PLUGINS, dpl, toy_env
 from study import tracking
 from study.console import TrialConsole, eta_seconds, fmt_duration, one_line, total_epochs
 
-PLUGINS = str(Path(__file__).parent / "plugins")
 #: Text only Ray Tune's own reporters print (status/config/result tables and the experiment header).
 TUNE_TABLE_TEXT = ("Trial status", "╭", "Configuration for experiment", "View detailed results here")
 STAMP = r"\[\d+:\d\d\]"  # each console line starts with the launch's elapsed time
 PROGRESS = re.compile(STAMP + r" progress  (\d+)/(\d+) finished, (\d+) running, (\d+) failed, (\d+) pending \| "
                       r"elapsed \d+:\d\d, (ETA ~\d+:\d\d|ETA after the first trial|done)$")
-
-
-def dpl(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it; its stderr is where the study's console goes."""
-    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def toy_env() -> dict[str, str]:
-    return {"DPL_TASKS": "toy=toy_task", "PYTHONPATH": os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")])}
-
-
-def trial_names(study_dir: Path, experiment: str) -> dict[str, tuple[str, str, dict[str, float]]]:
-    """MLflow run name -> (status, primary metric, metrics) of every trial run: what the lines must match."""
-    c = tracking.client(tracking.default_tracking_uri(study_dir))
-    exp = c.get_experiment_by_name(experiment)
-    return {r.info.run_name: (r.info.status, r.data.tags.get("dpl.primary_metric", ""), r.data.metrics)
-            for r in tracking.find_runs(c, exp.experiment_id, "tags.`dpl.kind` = 'trial'")}
 
 
 def events(lines: list[str], kind: str) -> list[str]:
@@ -59,21 +41,21 @@ def events(lines: list[str], kind: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """`dpl run --preset smoke` into a fresh study dir: (completed process, console lines, study dir)."""
-    study_dir = tmp_path_factory.mktemp("console") / "smoke"
-    result = dpl("run", "--preset", "smoke", "--storage", str(study_dir))
-    return result, result.stderr.splitlines() + result.stdout.splitlines(), study_dir
+def smoke(smoke_study):
+    """`dpl run --preset smoke` into a fresh study dir, the first launch of the session's shared smoke study
+    (tests/_smoke_study.py): (completed process, console lines, study dir), with the runs as they were then."""
+    demo = smoke_study.demo
+    return demo["result"], demo["lines"], smoke_study.study_dir, demo["trials"], demo["plan"]
 
 
 @pytest.mark.slow
 def test_smoke_console_is_short_and_has_one_start_and_finish_line_per_trial(smoke) -> None:
-    result, lines, study_dir = smoke
+    result, lines, _, trials, _ = smoke
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(lines) < 60, "\n".join(lines)
     assert not [t for t in TUNE_TABLE_TEXT if t in result.stderr + result.stdout], result.stdout[:3000]
     assert "(run_config_trial pid=" not in result.stderr  # workers' own output stays in Ray's logs
-    runs = trial_names(study_dir, "smoke")
+    runs = {t["run_name"]: (t["status"], t["primary"], t["metrics"]) for t in trials.values()}
     assert len(runs) == 8 and {s for s, _, _ in runs.values()} == {"FINISHED"}
     started, finished = events(lines, "started"), events(lines, "finished")
     assert sorted(started) == sorted(runs), (started, sorted(runs))
@@ -87,10 +69,10 @@ def test_smoke_console_is_short_and_has_one_start_and_finish_line_per_trial(smok
 
 @pytest.mark.slow
 def test_smoke_epoch_lines_count_k_of_n_and_progress_adds_up(smoke) -> None:
-    result, lines, study_dir = smoke
+    result, lines, _, _, plan_list = smoke
     epochs = [re.match(r"(\d+)/(\d+) (.+?)  (\S+)=(\S+)$", e) for e in events(lines, "epoch")]
     assert epochs and all(epochs), events(lines, "epoch")
-    plan = {p["trial_key"]: p for p in json.loads((study_dir / "plan.json").read_text())}
+    plan = {p["trial_key"]: p for p in plan_list}
     assert plan
     # superres smoke: 60 iterations, an epoch every 20 -> 3; the autoencoder's and delineation's: 2
     assert {(m.group(3).split()[0], int(m.group(2))) for m in epochs} >= {("superres/coco", 3), ("autoencoder/svhn", 2)}
@@ -149,6 +131,34 @@ def test_failed_trial_is_one_line_with_its_error(toy) -> None:
     last = [m for line in lines if (m := PROGRESS.match(line))][-1]
     assert [int(last.group(i)) for i in range(1, 6)] == [2, 4, 0, 2, 0]
     assert "rerun with --verbose" in result.stderr
+    assert "2 trial(s) failed" in result.stderr  # the study went on past them and says so
+
+
+@pytest.mark.slow
+def test_status_lists_each_failed_trial_with_its_error(toy) -> None:
+    _, _, study_dir = toy
+    status = dpl("status", str(study_dir), env=toy_env())
+    assert status.returncode == 0, status.stderr
+    failed = [line for line in status.stdout.splitlines() if "FAILED toy " in line]
+    assert len(failed) == 2 and all("asked to fail" in line for line in failed), status.stdout
+
+
+@pytest.mark.slow
+def test_killed_worker_resumed_its_run_from_the_checkpoint(toy) -> None:
+    """The trial whose worker died at epoch 2: Ray restarted it within the launch, into the same MLflow run, from
+    its epoch-1 checkpoint (a restart from scratch would log attempt 2 at epoch 1)."""
+    from test_study import attempts, checkpointed_epoch
+
+    _, _, study_dir = toy
+    assert list((study_dir.parent / "data").glob("killed-*")), "the worker was never killed"
+    c = tracking.client(tracking.default_tracking_uri(study_dir))
+    runs = tracking.find_runs(c, c.get_experiment_by_name("toyconsole").experiment_id,
+                              "tags.`dpl.kind` = 'trial' and attributes.run_name LIKE '%fail=False kill_at_epoch=2'")
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+    assert attempts(c, run.info.run_id) == (2, [(1, 1), (2, 2)])
+    assert checkpointed_epoch(study_dir, run.data.tags[tracking.KEY_TAG]) == 3
 
 
 @pytest.mark.slow
@@ -163,21 +173,6 @@ def test_worker_death_shows_restart_and_resume_from_checkpoint(toy) -> None:
     after = lines[[i for i, line in enumerate(lines) if " resumed " in line][0]:]
     assert any(re.search(r" epoch 2/3 " + re.escape(name) + "  ", line) for line in after)
     assert sum(1 for s in events(lines, "started") if s == name) == 1  # Ray's second start is no new line
-
-
-@pytest.mark.slow
-def test_verbose_shows_tune_tables_and_worker_output(tmp_path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    spec = {"name": "toyverbose", "weights": "random", "networks": ["none"], "seeds": [0],
-            "tasks": {"toy": {"data": str(data), "params": {"epochs": 2}}}, "resources": {"cpu": 1},
-            "ray": {"num_cpus": 2}}
-    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(spec))
-    result = dpl("run", str(tmp_path / "toy.yaml"), "--storage", str(tmp_path / "study"), "--verbose", env=toy_env())
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Trial status" in result.stdout and "╭" in result.stdout  # Tune prints its tables to stdout
-    assert "(run_config_trial pid=" in result.stderr  # the workers' output reaches the console
-    assert not events(result.stderr.splitlines(), "started")
 
 
 # ------------------------------------------------------------------ dpl status --watch

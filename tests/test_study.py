@@ -5,8 +5,10 @@ each trial runs the real loss-network path in about a second.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -271,36 +273,32 @@ def test_run_then_relaunch_with_new_points_never_duplicates(tmp_path) -> None:
     assert st["total"]["finished"] == 6 and st["total"]["pending"] == 0
 
 
-@pytest.mark.slow
-def test_failing_trial_is_recorded_and_study_goes_on(tmp_path) -> None:
-    bad = write_spec(tmp_path, name="toy", seeds=[0, 1], points=["p1"],
-                     tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 2, "fail": True}}})
-    study_dir = tmp_path / "study"
-    result = dpl("run", str(bad), "--storage", str(study_dir))
-    assert result.returncode == 1 and "2 trial(s) failed" in result.stderr
-    runs = trial_runs(study_dir)
-    assert len(runs) == 2 and {s for _, s, _ in runs} == {"FAILED"}
-    status = dpl("status", str(study_dir))
-    assert "FAILED toy squeezenet1_1:features.1" in status.stdout and "asked to fail" in status.stdout
-
-
-def trial_progress(db: Path) -> tuple[int, int]:
-    """(FINISHED trial runs, RUNNING trial runs that already logged an epoch), read straight from SQLite
-    so the poll never goes through (or waits on) the driver."""
+def trial_progress(study_dir: Path) -> tuple[int, int]:
+    """(FINISHED trial runs, RUNNING trial runs with a checkpoint of epoch 1 or 2 on disk), read straight from
+    SQLite and the checkpoint store so the poll never goes through (or waits on) the driver. A kill then
+    interrupts a trial mid-way whose resume is visible: its next attempt must start at that epoch + 1."""
+    db = study_dir / "mlflow.db"
     if not db.exists():
         return 0, 0
     try:
         with sqlite3.connect(db, timeout=1) as con:
             rows = con.execute(
-                "select r.status, exists(select 1 from metrics m where m.run_uuid = r.run_uuid) from runs r "
-                "join tags t on r.run_uuid = t.run_uuid where t.key = 'dpl.kind' and t.value = 'trial'"
+                "select r.status, k.value from runs r join tags t on r.run_uuid = t.run_uuid "
+                f"join tags k on r.run_uuid = k.run_uuid and k.key = '{tracking.KEY_TAG}' "
+                "where t.key = 'dpl.kind' and t.value = 'trial'"
             ).fetchall()
     except sqlite3.Error:
         return 0, 0
-    return (sum(s == "FINISHED" for s, _ in rows), sum(s == "RUNNING" and logged for s, logged in rows))
+    running = 0
+    for status, key in rows:
+        if status == "RUNNING":
+            with contextlib.suppress(Exception):  # a checkpoint being swapped in: not yet
+                running += checkpointed_epoch(study_dir, key) in (1, 2)
+    return sum(s == "FINISHED" for s, _ in rows), running
 
 
-# when to kill: (finished, running-with-an-epoch) -> bool, for a study of 6 trials run one at a time
+# when to kill: (finished, running-with-a-checkpoint) -> bool, for a study of 6 trials run one at a time; the study is
+# killed at each moment in turn, relaunched after each kill, and the fourth launch completes it
 KILL_MOMENTS = {
     "before_any_trial_finished": lambda done, running: done == 0 and running >= 1,
     "mid_study": lambda done, running: 2 <= done <= 3,
@@ -308,71 +306,70 @@ KILL_MOMENTS = {
 }
 
 
+def launch_and_kill(spec: Path, study_dir: Path, moment: str) -> tuple[tuple[int, int], str]:
+    """`dpl run` until `moment`, then SIGKILL of the driver's whole session; (progress at the kill, its stderr)."""
+    log = study_dir.parent / f"launch-{moment}.log"
+    with open(log, "w") as err:
+        proc = start_in_session([sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(study_dir)],
+                                stdout=subprocess.DEVNULL, stderr=err, env=os.environ.copy())
+        try:
+            deadline = time.time() + 300
+            progress = trial_progress(study_dir)
+            while time.time() < deadline and proc.poll() is None and not KILL_MOMENTS[moment](*progress):
+                time.sleep(0.2)
+                progress = trial_progress(study_dir)
+            assert proc.poll() is None and KILL_MOMENTS[moment](*progress), f"never reached {moment}: {progress}"
+        finally:
+            # the driver and every process it started (Ray's, also those that outlive a SIGKILL of the driver)
+            kill_session(proc.pid)
+            proc.wait()
+    return progress, log.read_text()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", list(KILL_MOMENTS))
-def test_sigkill_driver_then_resume_is_exactly_once(tmp_path, moment) -> None:
+def test_sigkill_driver_three_times_then_resume_is_exactly_once(tmp_path) -> None:
+    """One study, its driver SIGKILLed at each of the three moments in turn (before any trial finished, mid-study,
+    during the last trial), relaunched after each: every trial runs exactly once, and each interrupted trial
+    resumes from the checkpoint it left on disk at the kill, however often it was interrupted."""
     spec = write_spec(tmp_path, seeds=[0, 1, 2], points=["p1", "p2"], max_concurrent=1,
                       tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 3, "sleep_s": 1.0}}})
     study_dir = tmp_path / "study"
-    proc = start_in_session([sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(study_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    try:
-        db = study_dir / "mlflow.db"
-        deadline = time.time() + 300
-        progress = (0, 0)
-        while time.time() < deadline and proc.poll() is None and not KILL_MOMENTS[moment](*progress):
-            time.sleep(0.2)
-            progress = trial_progress(db)
-        assert proc.poll() is None and KILL_MOMENTS[moment](*progress), f"never reached {moment}: {progress}"
-    finally:
-        # the driver and every process it started (Ray's, also those that outlive a SIGKILL of the driver)
-        kill_session(proc.pid)
-        proc.wait()
     c = tracking.client(tracking.default_tracking_uri(study_dir))
-    # the trials the kill interrupted: attempts started so far (0 if killed before its reporter existed) and
-    # the epoch of the checkpoint each left on disk
-    interrupted = {key: (int(c.get_run(rid).data.tags.get(ATTEMPTS_TAG, 0)), checkpointed_epoch(study_dir, key))
-                   for key, status, rid in trial_runs(study_dir) if status != "FINISHED"}
-
-    status = json.loads(dpl("status", str(study_dir), "--json").stdout)
-    assert status["driver_running"] is False and status["total"]["finished"] == progress[0] < 6
+    kills: list[dict[str, tuple[int, int | None]]] = []
+    finished_before = 0
+    for moment in KILL_MOMENTS:
+        progress, stderr = launch_and_kill(spec, study_dir, moment)
+        if kills:  # a relaunch: it ran only what the kill before it left unfinished
+            assert f"{finished_before} already finished, {6 - finished_before} to run" in stderr, (moment, stderr[-3000:])
+        # the trials this kill interrupted: attempts started so far (0 if killed before its reporter existed) and
+        # the epoch of the checkpoint each left on disk
+        kills.append({key: (int(c.get_run(rid).data.tags.get(ATTEMPTS_TAG, 0)), checkpointed_epoch(study_dir, key))
+                      for key, status, rid in trial_runs(study_dir) if status != "FINISHED"})
+        status = json.loads(dpl("status", str(study_dir), "--json").stdout)
+        assert status["driver_running"] is False and status["total"]["finished"] == progress[0] < 6, (moment, status)
+        finished_before = progress[0]
 
     result = dpl("run", str(spec), "--storage", str(study_dir))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{progress[0]} already finished, {6 - progress[0]} to run" in result.stderr
+    assert f"{finished_before} already finished, {6 - finished_before} to run" in result.stderr
     assert_exactly_once(study_dir, 6)
     for key, _, run_id in trial_runs(study_dir):  # every epoch once: a killed trial resumed, it did not restart
         assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2, 3]
         started, history = attempts(c, run_id)
-        if key not in interrupted:  # finished before the kill, or not started yet: one attempt, from epoch 1
+        hits = [(k, kill[key]) for k, kill in enumerate(kills) if key in kill]
+        if not hits:  # finished before its first kill, or started after the last one: one attempt, from epoch 1
             assert (started, history) == (1, [(1, 1)]), key
             continue
-        # interrupted: the relaunch's attempt started right after the epoch checkpointed when it was killed
-        before, epoch = interrupted[key]
-        assert started == before + 1, (key, before, history)
-        if epoch is None or epoch < 3:
-            assert history[-1] == (started, (epoch or 0) + 1), (key, epoch, history)
-        else:  # checkpointed every epoch: the relaunch had nothing left to train, so it logged no epoch
-            assert all(a < started for a, _ in history), (key, history)
-
-
-@pytest.mark.slow
-def test_killed_worker_resumes_from_checkpoint_in_same_run(tmp_path) -> None:
-    spec = write_spec(tmp_path, seeds=[0], points=["p1"],
-                      tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 4, "kill_at_epoch": 3}}})
-    study_dir = tmp_path / "study"
-    result = dpl("run", str(spec), "--storage", str(study_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert list((tmp_path / "data").glob("killed-*")), "the worker was never killed"
-    assert_exactly_once(study_dir, 1)
-    (key, _, run_id), = trial_runs(study_dir)
-    c = tracking.client(tracking.default_tracking_uri(study_dir))
-    steps = [m.step for m in c.get_metric_history(run_id, "train/loss")]
-    assert steps == [1, 2, 3, 4], steps  # epochs 1-2 before the kill, 3-4 after: no epoch re-run from scratch
-    # ... and the second attempt really resumed: killed in epoch 3, so its last checkpoint was epoch 2 and Ray's
-    # restart began at epoch 3 (a restart from scratch would show (2, 1), the skipped steps hiding it above)
-    assert attempts(c, run_id) == (2, [(1, 1), (2, 3)])
-    assert checkpointed_epoch(study_dir, key) == 4
+        assert started == hits[-1][1][0] + 1, (key, hits, history)  # one attempt more than at its last kill
+        for k, (before, epoch) in hits:
+            again = kills[k + 1].get(key) if k + 1 < len(kills) else None
+            if again is not None and again[0] == before:  # interrupted again before its next attempt began
+                continue
+            # the attempt after the kill started right after the epoch checkpointed when it was killed
+            if epoch is None or epoch < 3:
+                assert (before + 1, (epoch or 0) + 1) in history, (key, k, epoch, history)
+            else:  # checkpointed every epoch: that attempt had nothing left to train, so it logged no epoch
+                assert all(a != before + 1 for a, _ in history), (key, k, history)
 
 
 @pytest.mark.slow
@@ -412,13 +409,17 @@ def test_fractional_gpus_on_two_node_cluster_and_concurrent_sqlite_logging(tmp_p
 
 @pytest.mark.slow
 def test_load_64_trials_8_concurrent_all_recorded(tmp_path) -> None:
-    """64 small trials, 8 at a time, on one machine and one fresh SQLite store: every result recorded."""
+    """64 small trials, 8 at a time, on one machine and one fresh SQLite store: every result recorded. With
+    --verbose, the console shows Ray Tune's own tables and the workers' output instead of dpl's trial lines."""
     spec = write_spec(tmp_path, name="load", networks=["none"], seeds=list(range(64)), max_concurrent=8,
                       ray={"num_cpus": 8}, tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 2}}})
     study_dir = tmp_path / "study"
     result = dpl("run", str(spec), "--storage", str(study_dir), "--verbose", timeout=900)  # workers' output too
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database is locked" not in result.stderr + result.stdout
+    assert "Trial status" in result.stdout and "╭" in result.stdout  # Tune prints its tables to stdout
+    assert "(run_config_trial pid=" in result.stderr  # the workers' output reaches the console
+    assert not re.search(r"^\[\d+:\d\d\] started ", result.stderr, re.M)  # and dpl's own trial lines do not
     runs = trial_runs(study_dir, "load")
     assert len(runs) == len({k for k, _, _ in runs}) == 64 and {s for _, s, _ in runs} == {"FINISHED"}
     c = tracking.client(tracking.default_tracking_uri(study_dir))
