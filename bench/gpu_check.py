@@ -9,6 +9,9 @@ our distance differs from the lpips package); 2 = the environment is unusable (n
     python bench/gpu_check.py                # what gpu_check.sh runs
     python bench/gpu_check.py --quick        # fewer networks, one study fraction
     python bench/gpu_check.py --budget-s 300 # stop starting new sections after 300 s
+
+Order: CUDA correctness, then the study at 1, 4 and 2 trials per GPU (what sizes a trial's GPU share), then
+throughput with whatever is left of the budget (each network is skipped, with a line, once it has run out).
 """
 from __future__ import annotations
 
@@ -153,7 +156,7 @@ def cuda_correctness(dev: Any, networks: tuple[str, ...]) -> None:
 # ------------------------------------------------------------------------------------------- throughput
 
 
-def throughput(dev: Any, networks: tuple[str, ...], batch: int, size: int) -> None:
+def throughput(dev: Any, networks: tuple[str, ...], batch: int, size: int, deadline: float = float("inf")) -> None:
     import torch
 
     from lossnet_throughput import print_network_table, network_rows
@@ -165,6 +168,9 @@ def throughput(dev: Any, networks: tuple[str, ...], batch: int, size: int) -> No
         section(f"loss-network throughput on {dev.type}: batch {batch} @ {size} px, autocast {autocast}, torch default "
                 f"TF32 settings, vs a {n}x{n} {'float32' if autocast == 'off' else 'bf16'} matmul")
         for name in networks:
+            if deadline - time.perf_counter() < 15:
+                say(f"SKIP  {name} (autocast {autocast}): {deadline - time.perf_counter():.0f} s left of the time budget")
+                continue
             rows = network_rows(name, batch, size, dev, rounds=2, min_time=0.2, matmul_n=n, autocast=autocast,
                                 prefix_check=False)
             print_network_table(rows)
@@ -172,7 +178,7 @@ def throughput(dev: Any, networks: tuple[str, ...], batch: int, size: int) -> No
     section("bf16 autocast speedup (img/s bf16 / img/s fp32, same point)")
     fp32 = {(r["network"], r["point"]): r for r in summary if r["autocast"] == "off"}
     for r in summary:
-        if r["autocast"] == "bf16" and r["point"] != "all 4":
+        if r["autocast"] == "bf16" and r["point"] != "all 4" and (r["network"], r["point"]) in fp32:
             base = fp32[(r["network"], r["point"])]
             say(f"{r['network']:<18}{r['point']:<22}{base['img_s']:>10.0f} img/s fp32{r['img_s']:>10.0f} img/s bf16"
                 f"{r['img_s'] / base['img_s']:>8.2f}x")
@@ -314,7 +320,7 @@ def study_runs(dev: Any, fractions: tuple[float, ...], deadline: float, workdir:
         say(f"{r['fraction']:>10g}{r['per_gpu']:>8}{r['done']:>6}{r['overlap']:>12}{r['wall']:>8.0f}{r['tph']:>10.0f}"
             f"{r['tph_steady']:>10.0f}{r['peak_proc'] if r['peak_proc'] is not None else 'n/a':>14}"
             f"{r['peak_total'] if r['peak_total'] is not None else 'n/a':>15}"
-            + (f"   {r['tph_steady'] / base:.2f}x steady vs 1 per GPU" if base else ""))
+            + (f"   {r['tph_steady'] / base:.2f}x steady vs {rows[0]['fraction']:g} GPU per trial" if base else ""))
     if worst_reserved:  # not with --skip trial-memory: nothing to size by
         fits = int(total_mib // (worst_reserved + 600)) if total_mib else 0
         say(f"sizing: the largest trial reserved {worst_reserved:.0f} MiB in-process, plus a CUDA context of a few "
@@ -363,18 +369,19 @@ def main(argv: list[str] | None = None) -> int:
     throughput_nets = ("vgg16", "resnet50") if args.quick else ("alexnet", "vgg16", "squeezenet1_1", "resnet50",
                                                                 "efficientnet_b0", "convnext_tiny", "swin_t",
                                                                 "vit_b_16")
-    fractions = tuple(args.fractions or ((0.25,) if args.quick else (1.0, 0.5, 0.25)))
+    fractions = tuple(args.fractions or ((0.25,) if args.quick else (1.0, 0.25, 0.5)))
     if dev is not None:
+        # correctness first, then trials per GPU (what sizes a study's GPU share), then throughput in what is left
         if "correctness" not in args.skip:
             cuda_correctness(dev, correctness_nets)
-        if "throughput" not in args.skip:
-            throughput(dev, throughput_nets, args.batch_size, args.size)
         if "study" not in args.skip:
             if not (have("ray") and have("mlflow")):
                 say("SKIP  study section: ray and/or mlflow are not installed (gpu_check.sh tries to install them)")
             else:
                 with tempfile.TemporaryDirectory(prefix="dpl-gpu-check-") as tmp:
                     study_runs(dev, fractions, deadline, Path(tmp), "trial-memory" not in args.skip)
+        if "throughput" not in args.skip:
+            throughput(dev, throughput_nets, args.batch_size, args.size, deadline + 30)
     else:
         section("CUDA sections")
         say("SKIP  CUDA correctness, throughput (fp32 / bf16 autocast) and the study at 1, 2 and 4 trials per GPU: "
