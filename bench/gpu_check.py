@@ -169,7 +169,8 @@ def throughput(dev: Any, networks: tuple[str, ...], batch: int, size: int, deadl
                 f"TF32 settings, vs a {n}x{n} {'float32' if autocast == 'off' else 'bf16'} matmul")
         for name in networks:
             if deadline - time.perf_counter() < 15:
-                say(f"SKIP  {name} (autocast {autocast}): {deadline - time.perf_counter():.0f} s left of the time budget")
+                left = deadline - time.perf_counter()
+                say(f"SKIP  {name} (autocast {autocast}): {left:.0f} s left of the time budget")
                 continue
             rows = network_rows(name, batch, size, dev, rounds=2, min_time=0.2, matmul_n=n, autocast=autocast,
                                 prefix_check=False)

@@ -4,7 +4,8 @@ The real CLI runs in subprocesses: the smoke preset as `make demo` runs it (its 
 under 60 lines, one `started` and one `finished` line per trial, no Ray Tune table), a toy study whose
 trials fail, die and resume (one line each; `dpl status` lists the failures; the dead worker's trial resumed
 into its own run), and `--verbose` (tests/test_study.py's 64-trial launch) still shows Ray Tune's tables. The
-smoke launch is the first step of the session's shared smoke study (tests/_smoke_study.py). The console's arithmetic (counts, ETA) is checked against independent formulas with a fake clock.
+smoke launch is the first step of the session's shared smoke study (tests/_smoke_study.py). The console's
+arithmetic (counts, ETA) is checked against independent formulas with a fake clock.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def events(lines: list[str], kind: str) -> list[str]:
 @pytest.fixture(scope="module")
 def smoke(smoke_study):
     """`dpl run --preset smoke` into a fresh study dir, the first launch of the session's shared smoke study
-    (tests/_smoke_study.py): (completed process, console lines, study dir), with the runs as they were then."""
+    (tests/_smoke_study.py): (completed process, console lines, study dir, its trial runs then, its plan)."""
     demo = smoke_study.demo
     return demo["result"], demo["lines"], smoke_study.study_dir, demo["trials"], demo["plan"]
 

@@ -25,7 +25,8 @@ from study import tracking
 pytestmark = pytest.mark.slow
 
 #: the smoke preset's cells (study/presets/smoke.yaml), written out here, and the three the faults add
-SMOKE_CELLS = {("similarity", "bapps", "squeezenet1_1", "features.1"), ("similarity", "bapps", "squeezenet1_1", "features.12"),
+SMOKE_CELLS = {("similarity", "bapps", "squeezenet1_1", "features.1"),
+               ("similarity", "bapps", "squeezenet1_1", "features.12"),
                ("similarity", "bapps", "alexnet", "features.1"), ("similarity", "bapps", "alexnet", "features.11"),
                ("superres", "coco", "squeezenet1_1", "features.1"),
                ("delineation", "mass_roads", "squeezenet1_1", "features.1"),

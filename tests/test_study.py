@@ -340,7 +340,8 @@ def test_sigkill_driver_three_times_then_resume_is_exactly_once(tmp_path) -> Non
     for moment in KILL_MOMENTS:
         progress, stderr = launch_and_kill(spec, study_dir, moment)
         if kills:  # a relaunch: it ran only what the kill before it left unfinished
-            assert f"{finished_before} already finished, {6 - finished_before} to run" in stderr, (moment, stderr[-3000:])
+            expected = f"{finished_before} already finished, {6 - finished_before} to run"
+            assert expected in stderr, (moment, stderr[-3000:])
         # the trials this kill interrupted: attempts started so far (0 if killed before its reporter existed) and
         # the epoch of the checkpoint each left on disk
         kills.append({key: (int(c.get_run(rid).data.tags.get(ATTEMPTS_TAG, 0)), checkpointed_epoch(study_dir, key))
