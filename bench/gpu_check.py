@@ -168,8 +168,8 @@ def throughput(dev: Any, networks: tuple[str, ...], batch: int, size: int, deadl
         section(f"loss-network throughput on {dev.type}: batch {batch} @ {size} px, autocast {autocast}, torch default "
                 f"TF32 settings, vs a {n}x{n} {'float32' if autocast == 'off' else 'bf16'} matmul")
         for name in networks:
-            if deadline - time.perf_counter() < 15:
-                left = deadline - time.perf_counter()
+            left = deadline - time.perf_counter()
+            if left < 15:
                 say(f"SKIP  {name} (autocast {autocast}): {left:.0f} s left of the time budget")
                 continue
             rows = network_rows(name, batch, size, dev, rounds=2, min_time=0.2, matmul_n=n, autocast=autocast,
@@ -344,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--skip", nargs="+", default=[], choices=("correctness", "throughput", "study", "trial-memory"))
-    ap.add_argument("--fractions", nargs="+", type=float, help="GPU per trial of the study runs (default 1 0.5 0.25; "
-                                                                "--quick: 0.25)")
+    ap.add_argument("--fractions", nargs="+", type=float, help="GPU per trial of the study runs, in this order "
+                                                                "(default 1 0.25 0.5; --quick: 0.25)")
     ap.add_argument("--dry-run-on-cpu", action="store_true",
                     help="without CUDA, run the CUDA sections on the CPU at tiny sizes (tests this script itself; "
                          "its numbers mean nothing)")

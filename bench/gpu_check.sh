@@ -15,7 +15,7 @@
 # 4. with CUDA: bench/memory_estimate.py --device cuda --full-batch (the memory estimate that sizes a trial's
 #    GPU share against torch's allocated/reserved peak and the device's used memory), GPU_CHECK_MEMORY_S = 150 s.
 #
-# Offline GPU machines: wheels of the missing packages placed in .whl/ (how: docs/BENCHMARKS.md, "GPU") are
+# Offline GPU machines: wheels of the missing packages placed in .whl/ (built by bench/gpu_wheels.sh) are
 # installed into a private folder ($GPU_CHECK_SITE, default /tmp/dpl-gpu-site) on PYTHONPATH, nothing else.
 #
 # Everything goes to stdout. Exit status: 0 ok, 1 correctness failure, 2 no usable Python/torch,

@@ -25,17 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _processes import run_in_session
 from study import tracking
+from test_study import PLUGINS, dpl
 
-PLUGINS = str(Path(__file__).parent / "plugins")
 EXPERIMENT = "smoke"
-
-
-def dpl(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it, in a session of its own (whatever Ray it leaves is ended with it)."""
-    return run_in_session([sys.executable, "-m", "study.cli", *args], timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def toy_env() -> dict[str, str]:
@@ -70,7 +63,7 @@ class SmokeStudy:
 
     def _timed(self, step: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         start = time.monotonic()
-        result = dpl(*args, env=env)
+        result = dpl(*args, env=env, timeout=600)
         self.seconds[step] = time.monotonic() - start
         print(f"smoke study: {step} {self.seconds[step]:.0f} s", file=sys.stderr)
         return result

@@ -65,9 +65,11 @@ def trial_runs(study_dir: Path, experiment: str = "toy") -> list[tuple[str, str,
     return [(r.data.tags[tracking.KEY_TAG], r.info.status, r.info.run_id) for r in runs]
 
 
-def dpl(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    """The CLI in a session of its own: whatever Ray it leaves behind, even on a timeout, is ended with it."""
-    return run_in_session([sys.executable, "-m", "study.cli", *args], timeout=timeout, env=os.environ.copy())
+def dpl(*args: str, timeout: float = 400, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a session of its own: whatever Ray it leaves behind, even on a timeout, is ended with it;
+    `env` is added to this process's environment."""
+    return run_in_session([sys.executable, "-m", "study.cli", *args], timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def attempts(client, run_id: str) -> tuple[int, list[tuple[int, int]]]:
