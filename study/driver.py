@@ -7,21 +7,20 @@ which `Tuner.restore` (fixed trial list, lagging checkpoints, new trial ids) can
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from study import tracking
 from study.artifact_checkpoints import carry_over, resolve_mode
 from study.batch import close_orphans, run_batch
+from study.lock import study_lock
 from study.plan import (PlannedTrial, ensure_synthetic_data, expand, load_planned, longest_first, plan_summaries,
                         save_plan, synthetic_manifest)
 from study.spec import StudySpec, save_spec
@@ -43,48 +42,6 @@ STUDY_ENV = {
     # prints the study's URL itself)
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-
-
-@contextmanager
-def study_lock(study_dir: Path) -> Iterator[None]:
-    """One driver per study directory: a second `dpl run` on the same study would duplicate trials."""
-    path = study_dir / "driver.lock"
-    try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
-    except OSError as exc:  # read-only or full disk, a file in the way, no permission
-        raise UserError(f"cannot write to the study directory {study_dir} ({exc.strerror}); "
-                        f"choose another with --storage or free some space") from exc
-    with handle as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise UserError(f"another driver is running this study (pid {f.read().strip() or '?'}); "
-                            f"wait for it or stop it first") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-
-
-def driver_alive(study_dir: Path) -> bool:
-    """Whether a driver holds the study's lock right now (used by `dpl status`)."""
-    path = Path(study_dir) / "driver.lock"
-    if not path.exists():
-        return False
-    with open(path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
 
 
 def git_commit() -> str | None:

@@ -14,6 +14,9 @@ checks them (`trainables.data.manifest`). Relative data paths are read from the 
 
 `plan_report` is what `dpl plan` prints: the trials, counts per task and dataset, and a compute estimate,
 computed without Ray, MLflow or writing anything.
+
+torch and torchvision (3 s to import) are imported by the functions that expand or cost a grid, not by the
+module: `dpl status` reads plan.json through it and needs neither.
 """
 from __future__ import annotations
 
@@ -25,11 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from study.spec import CONDITIONS, TASK_KEYS, StudySpec, has_pixel_baseline
-from trainables import loss_networks as ln
-from trainables.config import ConfigError, TrialConfig, trial_key
+from trainables.config import NO_NETWORK, SYNTHETIC_MARKER, ConfigError, TrialConfig, trial_key
 from trainables.errors import UserError
 from trainables.tasks import task_module
-from trainables.trial import NO_NETWORK, SYNTHETIC_MARKER, prepare
 
 #: Which synthetic generator (= `trainables.data` module) serves which dataset name.
 SYNTH_SOURCE = {"bapps": "bapps", "coco": "superres", "mass_roads": "roads", "svhn": "svhn", "stl10": "stl10"}
@@ -56,6 +57,8 @@ class PlannedTrial:
 
 
 def _networks(spec_value: Any) -> list[str]:
+    from trainables import loss_networks as ln  # torch and torchvision: imported where a grid is expanded
+
     return ln.expand_networks(spec_value)
 
 
@@ -69,6 +72,8 @@ def _points(spec_value: Any, network: str) -> list[tuple[str, ...]]:
         spec_value = ["all"]
     if isinstance(spec_value, str):
         spec_value = [spec_value]
+    from trainables import loss_networks as ln
+
     points: list[tuple[str, ...]] = []
     for p in spec_value:
         for node in ln.resolve_points(network, p):
@@ -173,6 +178,8 @@ def pixel_baseline(raw: dict[str, Any], settings: dict[str, Any], module: Any) -
 def expand(spec: StudySpec) -> list[PlannedTrial]:
     """The full grid, in a stable order (task, dataset, network, point, variant, seed, condition); no
     duplicates (conditions that resolve to the same settings, e.g. `scratch` with any weights, are one)."""
+    from trainables.trial import prepare
+
     raw = spec.raw
     synthetic = synthetic_datasets(spec)
     trials: dict[str, PlannedTrial] = {}
@@ -322,6 +329,8 @@ def _loss_gflops(config: TrialConfig) -> float | None:
     """Forward GFLOPs per image of the loss network up to its point (0 for the pixel baseline)."""
     if config.network == NO_NETWORK:
         return 0.0
+    from trainables import loss_networks as ln
+
     try:
         size = ln.network_input_size(config.network, config.weights, task_module(config.task).input_size(config),
                                      config.resize)

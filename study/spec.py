@@ -134,8 +134,11 @@ def _expect(value: Any, kind: type | tuple[type, ...], key: str, allowed: str) -
     return value
 
 
-def validate(raw: dict[str, Any]) -> dict[str, Any]:
+def validate(raw: dict[str, Any], task_settings: bool = True) -> dict[str, Any]:
     """Check a spec mapping; returns it with defaults filled in. Errors name the key and what is allowed.
+
+    `task_settings=False` checks each task's name but not its settings against the task's module, which
+    imports the module (torch: seconds): for reading back a saved spec, checked when it was saved.
 
     Tasks of the user's own: those the spec's `plugins` maps become known to this process (`use_plugins`,
     so also to its Ray workers), and `plugins` is set to the module of every such task the spec uses
@@ -160,7 +163,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         raise _fail("tasks", "missing or empty", ", ".join(TASKS))
     _check_keys(tasks, {t: "" for t in TASKS}, "tasks")
     for task, settings in tasks.items():
-        tasks[task] = _validate_task(task, {} if settings is None else settings)
+        if task_settings:
+            tasks[task] = _validate_task(task, {} if settings is None else settings)
     raw["plugins"] = {task: TASKS[task] for task in tasks if task not in BUILT_IN}
     raw["networks"] = raw.get("networks", "all")
     if raw["networks"] != "all":
@@ -394,14 +398,15 @@ def save_spec(spec: StudySpec) -> Path:
     return path
 
 
-def load_saved_spec(study_dir: Path, data_root: str | Path | None = None) -> StudySpec:
+def load_saved_spec(study_dir: Path, data_root: str | Path | None = None, task_settings: bool = True) -> StudySpec:
     """The spec a study was started with. Its saved data root is kept unless `data_root` moves it (data
     paths are not part of trial keys, so moved data keeps every result). A study saved before data roots
-    existed resolved relative paths against the current directory, and still does."""
+    existed resolved relative paths against the current directory, and still does. `task_settings=False`
+    (`dpl status`, which runs nothing) skips checking the tasks' settings (`validate`)."""
     path = Path(study_dir) / SPEC_FILE
     if not path.is_file():
         raise ConfigError(f"{study_dir} is not a study directory (no {SPEC_FILE}); start one with `dpl run`")
-    raw = validate(read_yaml(path))
+    raw = validate(read_yaml(path), task_settings)
     if data_root is not None:
         raw["data_root"] = str(Path(data_root).expanduser().resolve())
     raw["storage"] = str(Path(study_dir).resolve())

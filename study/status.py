@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from study import tracking
-from study.driver import driver_alive
+from study.lock import driver_alive
 from study.plan import load_plan
 from study.spec import SPEC_FILE, load_saved_spec
 from trainables.errors import UserError
 
 
 def study_status(study_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
-    spec = load_saved_spec(study_dir)
+    spec = load_saved_spec(study_dir, task_settings=False)  # no task module, no torch: status stays quick
     tracking_uri = tracking_uri or tracking.default_tracking_uri(spec.study_dir)
     c = tracking.client(tracking_uri)
     exp = c.get_experiment_by_name(spec.name)

@@ -286,7 +286,7 @@ def test_study_dir_on_full_or_unwritable_disk(capsys, finished_study, tmp_path) 
 
 def test_second_driver_on_the_same_study_is_refused(capsys, finished_study) -> None:
     """While one driver holds the study's lock, a second `dpl run` stops with one line and changes nothing."""
-    from study.driver import study_lock
+    from study.lock import study_lock
 
     before = _fingerprint(finished_study / "study")
     with study_lock(finished_study / "study"):  # flock: a second open file description conflicts, same process too

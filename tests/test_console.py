@@ -145,6 +145,31 @@ def test_status_lists_each_failed_trial_with_its_error(toy) -> None:
 
 
 @pytest.mark.slow
+def test_status_imports_neither_torch_nor_ray(toy) -> None:
+    """`dpl status` only reads the store: torch and torchvision (3 s of imports) and Ray stay out, so it
+    answers in about 2 s (it took 5-6 s when the saved spec's check imported the task modules)."""
+    _, _, study_dir = toy
+    probe = ("import io, contextlib, sys\nfrom study.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             f"    assert main(['status', {str(study_dir)!r}]) == 0\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'ray'}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **toy_env()})
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_status_into_a_pipe_closed_early_prints_no_traceback(toy) -> None:
+    _, _, study_dir = toy
+    """`dpl status | head`: the reader stops reading; dpl stops quietly. `true` as the reader closes the pipe
+    before dpl (2 s of imports) writes a byte."""
+    out = subprocess.run(f"{sys.executable} -m study.cli status {study_dir} | true; exit ${{PIPESTATUS[0]}}",
+                         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **toy_env()})
+    assert (out.returncode, out.stderr) == (141, ""), out
+
+
+@pytest.mark.slow
 def test_killed_worker_resumed_its_run_from_the_checkpoint(toy) -> None:
     """The trial whose worker died at epoch 2: Ray restarted it within the launch, into the same MLflow run, from
     its epoch-1 checkpoint (a restart from scratch would log attempt 2 at epoch 1)."""

@@ -246,35 +246,6 @@ def test_local_rerun_records_its_attempt_in_metrics_jsonl(tmp_path) -> None:
 
 
 
-@pytest.mark.slow
-def test_run_then_relaunch_with_new_points_never_duplicates(tmp_path) -> None:
-    study_dir = tmp_path / "study"
-    result = dpl("run", str(write_spec(tmp_path)), "--storage", str(study_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "random loss-network weights" in result.stderr
-    assert_exactly_once(study_dir, 4)
-    first = {k: rid for k, _, rid in trial_runs(study_dir)}
-
-    c = tracking.client(tracking.default_tracking_uri(study_dir))
-    run = c.get_run(next(iter(first.values())))
-    for name in ("task", "dataset", "network", "point", "variant", "seed", "weights"):
-        assert name in run.data.params
-    assert run.data.tags["dpl.weights_random"] == "true"
-    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
-
-    # relaunch with one more point: only the 2 new trials run, the 4 finished runs are untouched
-    result = dpl("run", str(write_spec(tmp_path, points=["p1", "p2", "p3"])), "--storage", str(study_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 already finished" not in result.stderr and "4 already finished, 2 to run" in result.stderr
-    assert_exactly_once(study_dir, 6)
-    after = {k: rid for k, _, rid in trial_runs(study_dir)}
-    assert all(after[k] == rid for k, rid in first.items())
-
-    status = dpl("status", str(study_dir), "--json")
-    st = json.loads(status.stdout)
-    assert st["total"]["finished"] == 6 and st["total"]["pending"] == 0
-
-
 def trial_progress(study_dir: Path) -> tuple[int, int]:
     """(FINISHED trial runs, RUNNING trial runs with a checkpoint of epoch 1 or 2 on disk), read straight from
     SQLite and the checkpoint store so the poll never goes through (or waits on) the driver. A kill then
@@ -331,8 +302,9 @@ def launch_and_kill(spec: Path, study_dir: Path, moment: str) -> tuple[tuple[int
 @pytest.mark.slow
 def test_sigkill_driver_three_times_then_resume_is_exactly_once(tmp_path) -> None:
     """One study, its driver SIGKILLed at each of the three moments in turn (before any trial finished, mid-study,
-    during the last trial), relaunched after each: every trial runs exactly once, and each interrupted trial
-    resumes from the checkpoint it left on disk at the kill, however often it was interrupted."""
+    during the last trial), relaunched after each, the last launch with a grid point added: every trial runs
+    exactly once, each interrupted trial resumes from the checkpoint it left on disk at the kill, however often
+    it was interrupted, and the new point's trials are the only new runs."""
     spec = write_spec(tmp_path, seeds=[0, 1, 2], points=["p1", "p2"], max_concurrent=1,
                       tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 3, "sleep_s": 1.0}}})
     study_dir = tmp_path / "study"
@@ -352,10 +324,23 @@ def test_sigkill_driver_three_times_then_resume_is_exactly_once(tmp_path) -> Non
         assert status["driver_running"] is False and status["total"]["finished"] == progress[0] < 6, (moment, status)
         finished_before = progress[0]
 
-    result = dpl("run", str(spec), "--storage", str(study_dir))
+    # the last launch also adds a grid point (p3, 3 trials): only the unfinished and the new trials run, and the
+    # finished runs keep their run ids
+    kept = {key: rid for key, status, rid in trial_runs(study_dir) if status == "FINISHED"}
+    grown = write_spec(tmp_path, seeds=[0, 1, 2], points=["p1", "p2", "p3"], max_concurrent=1,
+                       tasks={"toy": {"data": str(tmp_path / "data"), "params": {"epochs": 3, "sleep_s": 1.0}}})
+    result = dpl("run", str(grown), "--storage", str(study_dir))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{finished_before} already finished, {6 - finished_before} to run" in result.stderr
-    assert_exactly_once(study_dir, 6)
+    assert f"{finished_before} already finished, {9 - finished_before} to run" in result.stderr
+    assert "random loss-network weights" in result.stderr
+    assert_exactly_once(study_dir, 9)
+    runs = {key: rid for key, _, rid in trial_runs(study_dir)}
+    assert len(kept) == finished_before and all(runs[key] == rid for key, rid in kept.items())
+    run = c.get_run(next(iter(runs.values())))
+    assert {"task", "dataset", "network", "point", "variant", "seed", "weights"} <= set(run.data.params)
+    assert run.data.tags["dpl.weights_random"] == "true"
+    st = json.loads(dpl("status", str(study_dir), "--json").stdout)
+    assert st["total"]["finished"] == 9 and st["total"]["pending"] == 0
     for key, _, run_id in trial_runs(study_dir):  # every epoch once: a killed trial resumed, it did not restart
         assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2, 3]
         started, history = attempts(c, run_id)

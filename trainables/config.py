@@ -31,6 +31,10 @@ RESIZE_WORDS = ("off", "auto")
 KEY_NEUTRAL = {"resize": "off"}
 #: Written by every dataset's `synthesize()` at the dataset root.
 SYNTHETIC_MARKER = "DPL_SYNTHETIC.json"
+#: The pixel-loss baseline of the training tasks: no loss network at all (super-resolution and the
+#: autoencoder train with pixel MSE, delineation with BCE only). A task takes it when its module lists it
+#: in `NETWORKLESS_OK`. Only this exact spelling: "None" or "NONE" are refused, never guessed.
+NO_NETWORK = "none"
 
 
 def is_synthetic(data_root: str) -> bool:

@@ -15,16 +15,12 @@ import torch
 import torchvision
 
 from trainables import loss_networks as ln
-from trainables.config import SYNTHETIC_MARKER, ConfigError, TrialConfig, is_synthetic, resolve_params
+from trainables.config import NO_NETWORK, SYNTHETIC_MARKER, ConfigError, TrialConfig, is_synthetic, resolve_params
 from trainables.reporting import Reporter
 from trainables.tasks import task_module
 
 __all__ = ["SYNTHETIC_MARKER", "NO_NETWORK", "BASELINE_INFO", "prepare", "provenance", "run_trial", "pick_device", "seed_everything"]
 
-#: The pixel-loss baseline of the training tasks: no loss network at all (super-resolution and the
-#: autoencoder train with pixel MSE, delineation with BCE only). A task takes it when its module lists it
-#: in `NETWORKLESS_OK`. Only this exact spelling: "None" or "NONE" are refused, never guessed.
-NO_NETWORK = "none"
 #: `provenance()` records a pixel-baseline trial as {"baseline": "pixel"} (the contract's `dpl.baseline`).
 BASELINE_INFO = {"baseline": "pixel"}
 
