@@ -145,7 +145,8 @@ def test_plan_expands_grid_with_stable_keys(tmp_path) -> None:
 
 def test_status_of_a_plugin_task_study_needs_no_dpl_tasks(tmp_path, monkeypatch, capsys) -> None:
     """The saved spec records the module of the study's own task (`plugins`), so `dpl status` (and resume)
-    of the study works without DPL_TASKS; if that module cannot be imported, one line says what to set."""
+    of the study works without DPL_TASKS. Status reads only the store, so it answers even when that module
+    cannot be imported; resume, which runs the task, then says in one line what to set."""
     import sys
 
     from study.cli import EXIT_USER_ERROR, main
@@ -165,7 +166,9 @@ def test_status_of_a_plugin_task_study_needs_no_dpl_tasks(tmp_path, monkeypatch,
     monkeypatch.delenv("DPL_TASKS", raising=False)  # (reading the study made its task known to this process)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != PLUGINS])
     monkeypatch.delitem(sys.modules, "toy_task")
-    assert main(["status", str(spec.study_dir)]) == EXIT_USER_ERROR
+    assert main(["status", str(spec.study_dir), "--json"]) == 0 and "toy_task" not in sys.modules
+    assert json.loads(capsys.readouterr().out)["tasks"]["toy"]["pending"] == 4
+    assert main(["resume", str(spec.study_dir)]) == EXIT_USER_ERROR
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("dpl: error: task 'toy': cannot import toy_task")
     assert "PYTHONPATH" in err and "DPL_TASKS=toy=package.module" in err
