@@ -21,8 +21,12 @@ demo: $(STAMP)
 	$(BIN)/dpl status studies/smoke
 	$(BIN)/dpl analyze --study-dir studies/smoke --experiment smoke --out studies/smoke/report
 
+# two pytest-xdist workers: the serial suite leaves 40 % of 2 cores idle (Ray studies wait on start-up and sleeps);
+# TEST_WORKERS=0 runs it serially (docs/BENCHMARKS.md, CI time)
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15
+	MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 clean-studies:
 	rm -rf studies runs
