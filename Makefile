@@ -21,9 +21,9 @@ demo: $(STAMP)
 	$(BIN)/dpl status studies/smoke
 	$(BIN)/dpl analyze --study-dir studies/smoke --experiment smoke --out studies/smoke/report
 
-# two pytest-xdist workers: the serial suite leaves 40 % of 2 cores idle (Ray studies wait on start-up and sleeps);
-# TEST_WORKERS=0 runs it serially (docs/BENCHMARKS.md, CI time)
-TEST_WORKERS ?= 2
+# serial by default (CI): TEST_WORKERS=2 runs two pytest-xdist workers, 17 % faster on 2 cores, but one of its
+# runs failed test_load_64 on a leaked RAY_AIR_NEW_OUTPUT=0 not yet traced (docs/BENCHMARKS.md, CI time)
+TEST_WORKERS ?= 0
 
 test: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15

@@ -60,7 +60,7 @@ _SHARED_SESSION_FIXTURES = ("tracking_servers", "smoke_study")
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The outside-Ray check runs after every other test (it asks whether they left that Ray alone).
 
-    In a parallel run (`make test`: `pytest -n 2 --dist loadgroup`; README) the tests that share a module- or
+    In a parallel run (`make test TEST_WORKERS=2`: `pytest -n 2 --dist loadgroup`; README) the tests that share a module- or
     class-scoped fixture (a real study launched once and checked by several tests) go to one worker together,
     so the study runs once, as in a serial run; so do the users of a costly session fixture."""
     last = [item for item in items if item.path.name == OUTSIDE_RAY_TEST]
