@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.recommend import halving_rank  # noqa: E402
+from study.batch import scoped_env  # noqa: E402
 from study.halving import Halving, HalvingScheduler, config_id  # noqa: E402
 
 
@@ -208,7 +209,9 @@ def tune_run(draw: Draw, halving: Halving, trials: list[tuple[int, int]], concur
         run_config=tune.RunConfig(storage_path=str(storage), verbose=0, name=f"sim-{time.time_ns()}"),
     )
     out = Outcome([])
-    for r in tuner.fit():
+    with scoped_env({"RAY_AIR_NEW_OUTPUT": "0"}):  # no experiment header per Tuner (the caller's env kept)
+        results = tuner.fit()
+    for r in results:
         k = r.config["trial"]["key"]
         last = int((r.metrics or {}).get("epoch", 0))
         out.epochs[k] = last
@@ -369,7 +372,6 @@ def _init_ray() -> None:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment header per Tuner
         here = Path(__file__).resolve().parent
         path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])  # workers import this
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,

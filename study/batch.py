@@ -32,10 +32,12 @@ def _concurrency(spec: StudySpec, trials: list[PlannedTrial]) -> int:
 
 
 @contextmanager
-def _env(**values: str) -> Iterator[None]:
-    """Set environment variables for a block (Tune reads some of its switches when the Tuner starts)."""
+def scoped_env(values: dict[str, str], keep_existing: bool = False) -> Iterator[None]:
+    """Set environment variables for a block, then put back what was there (Tune and MLflow read some of
+    their switches from os.environ when they start). A driver run in-process (a notebook, a test) leaves
+    its caller's environment as it found it; `keep_existing`: only fill in what is unset (defaults)."""
     old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    os.environ.update({k: v for k, v in values.items() if not (keep_existing and old[k] is not None)})
     try:
         yield
     finally:
@@ -106,7 +108,7 @@ def run_batch(spec: StudySpec, trials: list[PlannedTrial], study_info: dict[str,
     # a scheduler's metric is in every epoch's result, not in a trial's last one (`dpl_done` or `dpl_failed`
     # with the final metrics), which Tune would otherwise refuse; the scheduler ignores results without it
     lenient = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"} if scheduler is not None else {}
-    with _env(**({} if verbose else quiet), **lenient):
+    with scoped_env({**({} if verbose else quiet), **lenient}):
         return tuner.fit()
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from study import tracking
 from study.artifact_checkpoints import carry_over, resolve_mode
-from study.batch import close_orphans, run_batch
+from study.batch import close_orphans, run_batch, scoped_env
 from study.lock import study_lock
 from study.plan import (PlannedTrial, ensure_synthetic_data, expand, load_planned, longest_first, plan_summaries,
                         save_plan, synthetic_manifest)
@@ -228,8 +228,14 @@ def run_study(
     `gpu_memory`: GiB of one GPU; every trial asks for the share of it that its memory estimate needs
     (`study.resources`); a trial that fits no such GPU is refused before anything runs.
     """
-    for k, v in STUDY_ENV.items():
-        os.environ.setdefault(k, v)
+    with scoped_env(STUDY_ENV, keep_existing=True):  # defaults, for this run only
+        return _run_study(spec, tracking_uri, gpus_per_trial, cpus_per_trial, max_concurrent, ray_address,
+                          checkpoints, verbose, gpu_memory)
+
+
+def _run_study(spec: StudySpec, tracking_uri: str | None, gpus_per_trial: float | None,
+               cpus_per_trial: float | None, max_concurrent: int | None, ray_address: str | None,
+               checkpoints: str | None, verbose: bool, gpu_memory: float | None) -> int:
     apply_cli_overrides(spec, gpus_per_trial, cpus_per_trial, max_concurrent, gpu_memory)
     study_dir = spec.study_dir
     tracking_uri = tracking_uri or spec.raw.get("tracking_uri") or tracking.default_tracking_uri(study_dir)

@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+#: pytest-xdist workers share the cores: each gets its share for torch's and numpy's OpenMP threads, set before
+#: either loads. Two workers spinning two OpenMP threads each on 2 cores took twice the CPU time and twice the
+#: wall time of one thread each (docs/BENCHMARKS.md, CI time).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+import numpy as np  # noqa: E402 (after the thread count)
 import pytest
 
 from _processes import outside_ray_cluster, outside_ray_misuse
@@ -57,12 +64,16 @@ def _private_ray() -> Iterator[Path]:
 _SHARED_SESSION_FIXTURES = ("tracking_servers", "smoke_study")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """The outside-Ray check runs after every other test (it asks whether they left that Ray alone).
 
-    In a parallel run (`make test TEST_WORKERS=2`: `pytest -n 2 --dist loadgroup`; README) the tests that share a module- or
+    In a parallel run (`make test`: `pytest -n 2 --dist loadgroup`; README) the tests that share a module- or
     class-scoped fixture (a real study launched once and checked by several tests) go to one worker together,
-    so the study runs once, as in a serial run; so do the users of a costly session fixture."""
+    so the study runs once, as in a serial run; so do the users of a costly session fixture. The groups are
+    marked before the other plugins run (xdist turns a mark into an "@group" suffix of the test's id), and
+    checked after them: pytest 9.2 ignores how pytest-xdist 3.8 renames a test, and the groups then split
+    silently (the smoke study launched once per worker), so such a pair is refused."""
     last = [item for item in items if item.path.name == OUTSIDE_RAY_TEST]
     rest = [item for item in items if item.path.name != OUTSIDE_RAY_TEST]
     if os.environ.get("PYTEST_XDIST_WORKER"):  # workers that start with the long ones end together
@@ -72,6 +83,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = _shared_fixture_group(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    if os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "loadgroup", False):  # (set by xdist)
+        lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:  # (a worker's exception reaches the terminal as xdist's own INTERNALERROR: say it on stderr too)
+            message = (f"pytest-xdist's --dist loadgroup has no effect with pytest {pytest.__version__} ({len(lost)} "
+                       f"grouped tests, e.g. {lost[0]}): install pytest<9.2 (pyproject.toml), or run with -n 0")
+            os.write(2, f"ERROR: {message}\n".encode())
+            raise pytest.UsageError(message)
 
 
 def _shared_fixture_group(item: pytest.Item) -> str | None:
@@ -105,6 +124,23 @@ def outside_ray(request: pytest.FixtureRequest, _private_ray: Path) -> Iterator[
         if os.environ.get("PYTEST_XDIST_WORKER"):
             misuse = outside_ray_misuse(cluster)
             assert misuse is None, f"{misuse} (worker {os.environ['PYTEST_XDIST_WORKER']})"
+
+
+#: The switches a driver sets for Tune, MLflow and its workers (study.driver.STUDY_ENV, study.batch.run_batch)
+#: and the plugin variables: a test that leaves one changed decides how every later `dpl run` of its process
+#: behaves (a leaked RAY_AIR_NEW_OUTPUT=0 once turned a later --verbose run's tables into Tune's classic ones).
+_GUARDED_ENV = ("RAY_AIR_NEW_OUTPUT", "TUNE_PRINT_ALL_TRIAL_ERRORS", "TUNE_DISABLE_STRICT_METRIC_CHECKING",
+                "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+                "DPL_TASKS", "PYTHONPATH")
+
+
+@pytest.fixture(autouse=True)
+def _environment_left_as_found() -> Iterator[None]:
+    """Each test leaves the guarded variables as it found them (an error at its teardown names it)."""
+    before = {k: os.environ.get(k) for k in _GUARDED_ENV}
+    yield
+    changed = {k: (v, os.environ.get(k)) for k, v in before.items() if os.environ.get(k) != v}
+    assert not changed, f"this test left environment variables changed (before, after): {changed}"
 
 
 # ------------------------------------------------------------------------------------- no network

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -161,23 +162,24 @@ def test_distance_unreadable_file(capsys, tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def finished_study(tmp_path_factory) -> Path:
-    """A small finished study whose store must survive every bad command below unchanged."""
+def finished_study(tmp_path_factory) -> Iterator[Path]:
+    """A small finished study whose store must survive every bad command below unchanged. The toy plugin
+    is known (DPL_TASKS, PYTHONPATH, sys.path) to this module's tests only."""
     from study.driver import run_study
     from study.spec import load_spec
 
-    os.environ["DPL_TASKS"] = "toy=toy_task"
-    os.environ["PYTHONPATH"] = os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")])
-    import sys
-
-    sys.path.insert(0, PLUGINS)
-    base = tmp_path_factory.mktemp("study")
-    (base / "data").mkdir()
-    spec = {"name": "guarded", "weights": "random", "networks": ["squeezenet1_1"], "points": ["p1"], "seeds": [0],
-            "tasks": {"toy": {"data": str(base / "data"), "params": {"epochs": 1}}}, "ray": {"num_cpus": 2}}
-    (base / "spec.yaml").write_text(yaml.safe_dump(spec))
-    assert run_study(load_spec(base / "spec.yaml", storage=base / "study")) == 0
-    return base
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DPL_TASKS", "toy=toy_task")
+        mp.setenv("PYTHONPATH", os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
+        mp.syspath_prepend(PLUGINS)
+        base = tmp_path_factory.mktemp("study")
+        (base / "data").mkdir()
+        spec = {"name": "guarded", "weights": "random", "networks": ["squeezenet1_1"], "points": ["p1"],
+                "seeds": [0], "tasks": {"toy": {"data": str(base / "data"), "params": {"epochs": 1}}},
+                "ray": {"num_cpus": 2}}
+        (base / "spec.yaml").write_text(yaml.safe_dump(spec))
+        assert run_study(load_spec(base / "spec.yaml", storage=base / "study")) == 0
+        yield base
 
 
 def _fingerprint(study_dir: Path) -> str:

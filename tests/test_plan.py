@@ -179,22 +179,26 @@ def _conv_flops(h: int, w: int, cin: int, cout: int, k: int) -> int:
 
 
 def test_superres_compute_estimate_is_the_hand_count(tmp_path) -> None:
-    config = prepare(TrialConfig(task="superres", network="alexnet", points=("features.1",), weights="random",
-                                 budget="smoke", params={"iterations": 10, "batch_size": 2, "crop_size": 64}))
-    # alexnet conv1 (11x11, stride 4, pad 2, 3 -> 64) on the 64 px SR output: 15 x 15 outputs
-    loss_net = _conv_flops(15, 15, 3, 64, 11)
-    # Johnson's x4 net on the 16 px LR input: 9x9 3->64, 8 x 3x3 64->64 (4 residual blocks) at 16,
-    # 3x3 64->64 after each x2 upsampling (32, 64), 9x9 64->3 at 64
-    lr = 16
-    transform = (_conv_flops(lr, lr, 3, 64, 9) + 8 * _conv_flops(lr, lr, 64, 64, 3) + _conv_flops(32, 32, 64, 64, 3)
-                 + _conv_flops(64, 64, 64, 64, 3) + _conv_flops(64, 64, 64, 3, 9))
-    images = 10 * 2
-    got = trial_compute(config)
-    # loss net: target forward + output forward and input-gradient backward; task net: forward + backward
-    assert got["loss_network_gflops"] == pytest.approx(3 * images * loss_net / 1e9, rel=5e-3)  # metadata rounds
-    assert got["transform_gflops"] == pytest.approx(3 * images * transform / 1e9, rel=1e-6)
-    pixel = trial_compute(prepare(config.replace(network="none", points=())))
-    assert pixel["loss_network_gflops"] == 0 and pixel["transform_gflops"] == got["transform_gflops"]
+    """Two crop sizes in one process: the task network's count is cached per process (study.plan), per size."""
+    for crop in (64, 96):
+        config = prepare(TrialConfig(task="superres", network="alexnet", points=("features.1",), weights="random",
+                                     budget="smoke", params={"iterations": 10, "batch_size": 2, "crop_size": crop}))
+        # alexnet conv1 (11x11, stride 4, pad 2, 3 -> 64) on the SR output: 15 x 15 outputs at 64 px, 23 x 23 at 96
+        side = (crop + 2 * 2 - 11) // 4 + 1
+        loss_net = _conv_flops(side, side, 3, 64, 11)
+        # Johnson's x4 net on the LR input (16 or 24 px): 9x9 3->64, 8 x 3x3 64->64 (4 residual blocks) at lr,
+        # 3x3 64->64 after each x2 upsampling (2 lr, 4 lr), 9x9 64->3 at 4 lr
+        lr = crop // 4
+        transform = (_conv_flops(lr, lr, 3, 64, 9) + 8 * _conv_flops(lr, lr, 64, 64, 3)
+                     + _conv_flops(2 * lr, 2 * lr, 64, 64, 3) + _conv_flops(4 * lr, 4 * lr, 64, 64, 3)
+                     + _conv_flops(4 * lr, 4 * lr, 64, 3, 9))
+        images = 10 * 2
+        got = trial_compute(config)
+        # loss net: target forward + output forward and input-gradient backward; task net: forward + backward
+        assert got["loss_network_gflops"] == pytest.approx(3 * images * loss_net / 1e9, rel=5e-3)  # metadata rounds
+        assert got["transform_gflops"] == pytest.approx(3 * images * transform / 1e9, rel=1e-6), crop
+        pixel = trial_compute(prepare(config.replace(network="none", points=())))
+        assert pixel["loss_network_gflops"] == 0 and pixel["transform_gflops"] == got["transform_gflops"]
 
 
 def test_delineation_compute_follows_refinement_steps(tmp_path) -> None:
