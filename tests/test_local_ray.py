@@ -1,4 +1,5 @@
-"""`dpl run` without --address: a private local Ray, quiet, with no dashboard process (`study.local_ray`).
+"""`dpl run` without --address: a private local Ray, quiet, with no dashboard, autoscaler monitor, log monitor or
+idle workers (`study.local_ray`).
 
 One real `dpl run` of a one-trial toy study, while a Ray "of the user's" runs on this machine and is
 named both by `ray_current_cluster` in the Ray temp dir and by $RAY_ADDRESS (everything that would make a
@@ -70,6 +71,7 @@ def test_dpl_run_starts_its_own_quiet_ray_without_a_dashboard(tmp_path, users_ra
         proc = start_in_session([sys.executable, "-m", "study.cli", "run", str(spec), "--storage",
                                  str(tmp_path / "study")], env=env, stdout=o, stderr=e, cwd=REPO)
     seen: dict[str, str] = {}
+    workers: dict[int, str] = {}
     try:
         deadline = time.time() + 300
         while proc.poll() is None and time.time() < deadline:
@@ -77,6 +79,8 @@ def test_dpl_run_starts_its_own_quiet_ray_without_a_dashboard(tmp_path, users_ra
                 command = command_of(pid)
                 if command:  # (empty: it exited while we looked)
                     seen.setdefault(kind(command), command)
+                    if kind(command) == "worker":
+                        workers[pid] = command
             time.sleep(0.1)
         assert proc.poll() is not None, "dpl run did not finish in 300 s"
     finally:
@@ -95,9 +99,12 @@ def test_dpl_run_starts_its_own_quiet_ray_without_a_dashboard(tmp_path, users_ra
     # ... yet authentication was not switched off: Ray enabled token authentication and made its token
     assert (home / ".ray" / "auth_token").is_file(), "Ray ran without token authentication"
 
-    # the processes of its session: Ray's own, and no dashboard
+    # the processes of its session: Ray's own, and no dashboard, autoscaler monitor or log monitor (not verbose)
     assert {"driver", "gcs_server", "raylet", "worker"} <= set(seen), seen
-    assert "DASHBOARD" not in seen, f"a dashboard process ran: {seen['DASHBOARD'][:200]}"
-    allowed = {"driver", "gcs_server", "raylet", "worker", "autoscaler monitor", "log monitor", "dashboard agent",
-               "runtime env agent", "git (the driver records the commit)"}
+    for skipped in ("DASHBOARD", "autoscaler monitor", "log monitor"):
+        assert skipped not in seen, f"a {skipped} process ran: {seen[skipped][:200]}"
+    # one worker, the trial's: none of the idle ones Ray prestarts per CPU (never used: they lack the job's runtime env)
+    assert len(workers) == 1, list(workers.values())
+    allowed = {"driver", "gcs_server", "raylet", "worker", "dashboard agent", "runtime env agent",
+               "git (the driver records the commit)"}
     assert set(seen) <= allowed, [seen[k] for k in set(seen) - allowed]

@@ -89,7 +89,9 @@ def study_ui(tmp_path, monkeypatch):
     log = open(tmp_path / "mlflow-ui.log", "w")
     proc = subprocess.Popen([mlflow, *command[1:], "--port", str(port), "--workers", "1"], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+                                 # no GenAI job runner (8 processes, ~25 CPU-s to start; README, "Tracking")
+                                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
