@@ -195,10 +195,22 @@ def _config(root: Path, **kw: object) -> TrialConfig:
     return TrialConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="module")
+def svhn_trial(svhn_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, float], LocalReporter]:
+    """One whole SVHN smoke trial (one thread), its final metrics and what it reported; shared by the tests
+    that read it."""
+    full = LocalReporter(tmp_path_factory.mktemp("svhn-trial") / "full", echo=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_trial(_config(svhn_root), full), full
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.usefixtures("one_thread")
-def test_svhn_trial_beats_chance_is_deterministic_and_resumes(svhn_root: Path, tmp_path: Path) -> None:
-    full = LocalReporter(tmp_path / "full", echo=False)
-    metrics = run_trial(_config(svhn_root), full)
+def test_svhn_trial_beats_chance_is_deterministic_and_resumes(svhn_root: Path, svhn_trial, tmp_path: Path) -> None:
+    metrics, full = svhn_trial
     assert metrics["probe/best_val_test_acc"] > 0.25  # chance is 0.1
     last = full.history[-1]
     assert last["epoch"] == 2 and {"train/loss", "val/loss", *ae.METRICS} <= set(last)
@@ -255,8 +267,6 @@ def test_epoch_probe_is_sklearns_ridge_on_standardised_codes(svhn_root: Path) ->
     assert ae.EPOCH_METRIC == ("val/linear_probe_acc", "max")
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_every_epoch_reports_the_epoch_metric(svhn_root: Path, tmp_path: Path) -> None:
-    rep = LocalReporter(tmp_path / "e", echo=False)
-    run_trial(_config(svhn_root), rep)
+def test_every_epoch_reports_the_epoch_metric(svhn_trial) -> None:
+    _, rep = svhn_trial
     assert [row["epoch"] for row in rep.history if ae.EPOCH_METRIC[0] in row] == [1, 2]
