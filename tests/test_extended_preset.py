@@ -114,7 +114,7 @@ def narrowed_extended(tmp_path: Path) -> Path:
                networks=["swin_t", "vit_b_32", "convnext_tiny", "regnet_y_1_6gf"], points=["p1", "p2", "p3", "p4"],
                resources={"cpu": 1, "gpu": 0}, max_concurrent=2, ray={"num_cpus": 2})
     raw["tasks"] = {
-        "similarity": {"data": "synthetic", "budget": "smoke", "variants": ["baseline"], "max_eval_pairs": 4},
+        "similarity": {"data": "synthetic", "budget": "smoke", "variants": ["baseline"], "max_eval_pairs": 2},
         "delineation": {"data": "synthetic", "budget": "smoke", "epochs": 1, "steps_per_epoch": 2, "batch_size": 2},
     }
     path = tmp_path / "extended_ci.yaml"
