@@ -34,6 +34,11 @@ def users_ray(outside_ray, tmp_path):
         yield cluster
 
 
+#: short-lived helpers, not Ray services: the driver's `git` (it records the commit) and the `ldconfig -p` of Ray's
+#: NVIDIA GPU probe (pynvml's `ctypes.util.find_library`; caught once in a fresh-clone CI run)
+GIT, LDCONFIG = "git (the driver records the commit)", "ldconfig (Ray's GPU probe)"
+
+
 def command_of(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -48,7 +53,7 @@ def kind(command: str) -> str:
              ("dashboard/dashboard.py", "DASHBOARD"), ("ray::DashboardAgent", "dashboard agent"),
              ("dashboard/agent.py", "dashboard agent"), ("ray::RuntimeEnvAgent", "runtime env agent"),
              ("runtime_env/agent/main.py", "runtime env agent"), ("default_worker.py", "worker"), ("ray::", "worker"),
-             ("git ", "git (the driver records the commit)")]
+             ("git ", GIT), ("/sbin/ldconfig -p", LDCONFIG)]
     return next((name for part, name in rules if part in command), f"other: {command[:80]}")
 
 
@@ -106,5 +111,5 @@ def test_dpl_run_starts_its_own_quiet_ray_without_a_dashboard(tmp_path, users_ra
     # one worker, the trial's: none of the idle ones Ray prestarts per CPU (never used: they lack the job's runtime env)
     assert len(workers) == 1, list(workers.values())
     allowed = {"driver", "gcs_server", "raylet", "worker", "dashboard agent", "runtime env agent",
-               "git (the driver records the commit)"}
+               GIT, LDCONFIG}
     assert set(seen) <= allowed, [seen[k] for k in set(seen) - allowed]

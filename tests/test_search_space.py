@@ -163,7 +163,8 @@ def test_search_tells_optuna_the_mean_over_seeds(tmp_path) -> None:
     logged = json.loads(Path(c.download_artifacts(parent.info.run_id, "plan.json", str(tmp_path))).read_text())
     assert {r["trial_key"] for r in logged} == drawn
     record = json.loads(Path(c.download_artifacts(parent.info.run_id, "search.json", str(tmp_path))).read_text())
-    assert (record["num_samples"], record["n_seeds"], record["max_trials"], record["samples_done"]) == (2, 2, 4, 2)
+    assert (record["num_samples"], record["n_seeds"], record["max_trials"], record["samples_done"],
+            record["samples_left"]) == (2, 2, 4, 2, 0)
     assert "; search optuna: 2 of 2 samples done, 0 left (each on 2 seeds)" in result.stderr
     status = dpl("status", str(study_dir))
     assert "search optuna: 2 of 2 samples done, 0 left (each on 2 seeds)" in status.stdout, status.stdout
