@@ -251,6 +251,31 @@ def trial_params(config: TrialConfig, git_commit: str | None) -> dict[str, Any]:
     return params
 
 
+def scratch_dir(key: str) -> Path:
+    """A new local folder for one attempt's checkpoints in mode mlflow (each is uploaded, then deleted),
+    `<tmp>/dpl-<key>-<pid>-*`, after removing those of the same trial whose process has died.
+
+    An attempt removes its own folder when it ends, but a killed one cannot (a preempted node, a SIGKILLed
+    worker), and a kill mid-write leaves up to a whole checkpoint there (70 MB for an SVHN autoencoder): the
+    next attempt of the trial on that node cleans up after it. A live process's folder is never touched:
+    another study on this node may run a trial with the same key (the key is the config's hash)."""
+    for old in Path(tempfile.gettempdir()).glob(f"dpl-{key}-*"):
+        pid = old.name[len(f"dpl-{key}-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"dpl-{key}-{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _tracked_trial(c: Any, study: dict[str, Any], config: TrialConfig) -> tuple[dict[str, float], str]:
     """Attach the trial's run, run the task into it, close it: (final metrics, "") or ({}, one-line error)."""
     from trainables.tasks import task_module
@@ -263,7 +288,7 @@ def _tracked_trial(c: Any, study: dict[str, Any], config: TrialConfig) -> tuple[
     run_name = (study.get("run_names") or {}).get(key) or tracking.trial_run_name(config)  # distinct in the plan
     run_id = tracking.attach_trial_run(c, study["experiment_id"], key, run_name, trial_tags(config, study))
     tracking.log_params_once(c, run_id, trial_params(config, study.get("git_commit")))
-    scratch = Path(tempfile.mkdtemp(prefix=f"dpl-{key}-")) if mode == "mlflow" else None
+    scratch = scratch_dir(key) if mode == "mlflow" else None
     try:
         reporter = TuneMlflowReporter(c, run_id, scratch or Path(study["study_dir"]) / "checkpoints" / key, mode=mode)
         record_gpu_share(c, run_id, granted_gpu(), reporter.attempt)

@@ -164,6 +164,34 @@ def test_a_trial_in_mlflow_mode_resumes_from_its_run_not_the_study_dir(tmp_path,
     assert not list(tmp_path.glob("**/checkpoints"))
 
 
+def test_an_attempt_removes_the_scratch_folders_its_trial_left_on_this_node_when_killed(tmp_path, monkeypatch) -> None:
+    """A killed attempt cannot remove its local checkpoint folder (mode mlflow); the next attempt of the same
+    trial removes it, but never the folder of a live process (another study may run the same key) nor another
+    trial's."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from study.trainable import scratch_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = {}
+    for name, pid in (("killed", dead.pid), ("live", os.getppid()), ("other", dead.pid)):
+        key = "k1" if name != "other" else "k2"
+        left[name] = tmp_path / f"dpl-{key}-{pid}-x{name}"
+        left[name].mkdir()
+        (left[name] / "v000003").mkdir()
+        (left[name] / "v000003" / CHECKPOINT_FILE).write_bytes(b"half a checkpoint")
+    new = scratch_dir("k1")
+    assert not left["killed"].exists()
+    assert left["live"].is_dir() and left["other"].is_dir()
+    assert new.is_dir() and new.parent == tmp_path and new.name.startswith(f"dpl-k1-{os.getpid()}-")
+    assert not any(new.iterdir())
+
+
 # --------------------------------------------------------------------- a kill at every step of upload
 
 #: Where the child may die: before every database session (with NullPool each MlflowClient call opens one:

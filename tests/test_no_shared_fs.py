@@ -60,7 +60,8 @@ def run(config, reporter):
     n = reporter.attempt
     node = (Path(os.environ["DPL_CACHE_DIR"]) / "node-name").read_text().strip()  # in the node's own tmpfs
     for key, value in {f"test.node.{n}": node, f"test.data_root.{n}": str(root),
-                       f"test.data_sha256.{n}": tree_sha256(root)}.items():
+                       f"test.data_sha256.{n}": tree_sha256(root),
+                       f"test.scratch.{n}": str(reporter.checkpoint_dir)}.items():
         reporter.client.set_tag(reporter.run_id, key, value)
     return toy_task.run(config, reporter)
 '''
@@ -187,6 +188,10 @@ def test_two_nodes_without_shared_fs_resume_a_killed_trial_from_mlflow(tmp_path,
             assert history == [(1, 1), (2, killed_at + 1)], (history, killed_at)
             assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5]
             assert (tags["test.node.1"], tags["test.node.2"]) == ("worker1", "worker2")
+            # the killed attempt could not remove its local checkpoint folder (same /tmp on both nodes here):
+            # the resumed attempt did, and then its own when it finished
+            assert Path(tags["test.scratch.1"]).name.startswith(f"dpl-{tags[tracking.KEY_TAG]}-")
+            assert not Path(tags["test.scratch.1"]).exists() and not Path(tags["test.scratch.2"]).exists()
             # both nodes read their own regenerated copy of the data, with the hash the plan recorded
             plan = json.loads((study / "plan.json").read_text())
             planned_sha = {row["synthetic_data"]["sha256"] for row in plan}
