@@ -259,20 +259,21 @@ def scratch_dir(key: str) -> Path:
     worker), and a kill mid-write leaves up to a whole checkpoint there (70 MB for an SVHN autoencoder): the
     next attempt of the trial on that node cleans up after it. A live process's folder is never touched:
     another study on this node may run a trial with the same key (the key is the config's hash)."""
-    for old in Path(tempfile.gettempdir()).glob(f"dpl-{key}-*"):
-        pid = old.name[len(f"dpl-{key}-"):].split("-")[0]
+    prefix = f"dpl-{key}-"
+    for old in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"dpl-{key}-{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # it exists, as another user's process
+        pass
     return True
 
 

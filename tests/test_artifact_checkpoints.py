@@ -179,8 +179,7 @@ def test_an_attempt_removes_the_scratch_folders_its_trial_left_on_this_node_when
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     left = {}
-    for name, pid in (("killed", dead.pid), ("live", os.getppid()), ("other", dead.pid)):
-        key = "k1" if name != "other" else "k2"
+    for name, key, pid in (("killed", "k1", dead.pid), ("live", "k1", os.getppid()), ("other", "k2", dead.pid)):
         left[name] = tmp_path / f"dpl-{key}-{pid}-x{name}"
         left[name].mkdir()
         (left[name] / "v000003").mkdir()
